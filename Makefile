@@ -1,0 +1,42 @@
+# Weather Tweets. `make run` and `make test` work from a fresh clone with only python3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PY_SOURCES := src tests locustfile.py build_protos.py
+
+.PHONY: install run test lint format unit e2e bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml build_protos.py src/weathertweets/proto/*.proto
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/weathertweets up
+
+lint: install
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix $(PY_SOURCES)
+	$(BIN)/ruff format $(PY_SOURCES)
+
+# pytest exits 5 when it collected no tests: that is a broken suite here, never a pass.
+test: lint
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+unit: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+e2e: install
+	$(BIN)/python -m pytest -q -m e2e
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache src/weathertweets/proto/*_pb2*

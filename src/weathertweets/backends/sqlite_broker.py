@@ -1,0 +1,126 @@
+"""The embedded broker: a durable append-only log in SQLite with consumer-group positions.
+
+One partition (0); offsets are the log's row ids. Several processes may share the file (WAL);
+consumers in the publishing process are woken at once, others poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from weathertweets.backends.sqlite import SqliteThread, transaction
+from weathertweets.batching import Batcher
+from weathertweets.ports import Message
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (grp TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
+"""
+PARTITION = 0
+_IDLE_POLL = 0.05  # seconds between looks at the file when another process publishes
+
+
+class SqliteBroker:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer = SqliteThread(path, SCHEMA, "broker")
+        self._appender = Batcher(self._append, max_batch=20_000, max_in_flight=1)
+        self._listeners: set[asyncio.Event] = set()
+
+    async def start(self) -> None:
+        await self._writer.open()
+
+    async def publish(self, values: Sequence[bytes]) -> None:
+        await self._appender.submit(values)
+        for listener in self._listeners:
+            listener.set()
+
+    async def _append(self, values: list[bytes]) -> None:
+        def append(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.executemany("INSERT INTO log (value) VALUES (?)", ((v,) for v in values))
+
+        await self._writer.run(append)
+
+    def consumer(self, group: str) -> SqliteConsumer:
+        return SqliteConsumer(self._path, group, self._writer, self._listeners)
+
+    async def ping(self) -> None:
+        await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._appender.close()
+        await self._writer.close()
+
+
+class SqliteConsumer:
+    def __init__(
+        self, path: Path, group: str, writer: SqliteThread, listeners: set[asyncio.Event]
+    ) -> None:
+        self._group = group
+        self._db = SqliteThread(path, SCHEMA, f"consumer-{group}")
+        # Commits share the publisher's connection: SQLite has one writer, and queueing behind
+        # it in one thread beats sleeping in its busy handler.
+        self._writer = writer
+        self._listeners = listeners
+        self._published = asyncio.Event()
+        listeners.add(self._published)
+        self._next_offset: int | None = None
+
+    async def poll(self, max_records: int, timeout: float) -> list[Message]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._published.clear()
+            messages = await self._db.run(lambda conn: self._read(conn, max_records))
+            remaining = deadline - loop.time()
+            if messages or remaining <= 0:
+                return messages
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._published.wait(), min(remaining, _IDLE_POLL))
+
+    def _read(self, conn: sqlite3.Connection, max_records: int) -> list[Message]:
+        if self._next_offset is None:
+            self._next_offset = self._committed(conn)
+        rows = conn.execute(
+            "SELECT offset, value FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
+            (self._next_offset, max_records),
+        ).fetchall()
+        if rows:
+            self._next_offset = rows[-1][0] + 1
+        return [Message(PARTITION, offset, value) for offset, value in rows]
+
+    def _committed(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT next_offset FROM positions WHERE grp = ?", (self._group,))
+        found = row.fetchone()
+        return int(found[0]) if found else 1
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        next_offset = max(m.offset for m in messages) + 1
+
+        def save(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO positions (grp, next_offset) VALUES (?, ?) ON CONFLICT(grp)"
+                    " DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+                    (self._group, next_offset),
+                )
+
+        await self._writer.run(save)
+
+    async def lag(self) -> int:
+        def measure(conn: sqlite3.Connection) -> int:
+            last = conn.execute("SELECT coalesce(max(offset), 0) FROM log").fetchone()[0]
+            return max(0, int(last) + 1 - self._committed(conn))
+
+        return await self._db.run(measure)
+
+    async def close(self) -> None:
+        self._listeners.discard(self._published)
+        await self._db.close()

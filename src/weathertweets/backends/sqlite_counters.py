@@ -1,0 +1,116 @@
+"""The embedded counters: totals per country, per text and per country and text.
+
+Each batch's increments and the broker positions it came from commit in one transaction, so
+a replayed record is recognised by its offset and never counted twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from weathertweets.backends.sqlite import SqliteThread, transaction
+from weathertweets.ports import CountedTweet, Stats
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES ('total', 0);
+CREATE TABLE IF NOT EXISTS countries (pais TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS texts (texto TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS country_texts (
+    pais TEXT NOT NULL, texto TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pais, texto)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    grp TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition)
+)
+"""
+
+
+def _add(conn: sqlite3.Connection, pairs: Counter[tuple[str, str]]) -> None:
+    countries: Counter[str] = Counter()
+    texts: Counter[str] = Counter()
+    for (pais, texto), n in pairs.items():
+        countries[pais] += n
+        texts[texto] += n
+    conn.execute("UPDATE totals SET n = n + ? WHERE key = 'total'", (pairs.total(),))
+    conn.executemany(
+        "INSERT INTO countries VALUES (?, ?) ON CONFLICT(pais) DO UPDATE SET n = n + excluded.n",
+        countries.items(),
+    )
+    conn.executemany(
+        "INSERT INTO texts VALUES (?, ?) ON CONFLICT(texto) DO UPDATE SET n = n + excluded.n",
+        texts.items(),
+    )
+    conn.executemany(
+        "INSERT INTO country_texts VALUES (?, ?, ?)"
+        " ON CONFLICT(pais, texto) DO UPDATE SET n = n + excluded.n",
+        ((pais, texto, n) for (pais, texto), n in pairs.items()),
+    )
+
+
+class SqliteCounters:
+    def __init__(self, path: Path) -> None:
+        self._db = SqliteThread(path, SCHEMA, "counters")
+
+    async def start(self) -> None:
+        await self._db.open()
+
+    async def apply(self, group: str, tweets: Sequence[CountedTweet]) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                positions = dict(
+                    conn.execute(
+                        "SELECT partition, next_offset FROM positions WHERE grp = ?", (group,)
+                    ).fetchall()
+                )
+                fresh = [t for t in tweets if t.offset >= positions.get(t.partition, 0)]
+                if not fresh:
+                    return 0
+                _add(conn, Counter((t.pais, t.texto) for t in fresh))
+                ends: dict[int, int] = {}
+                for t in fresh:
+                    ends[t.partition] = max(ends.get(t.partition, 0), t.offset + 1)
+                conn.executemany(
+                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT(grp, partition)"
+                    " DO UPDATE SET next_offset = excluded.next_offset",
+                    ((group, partition, end) for partition, end in ends.items()),
+                )
+                return len(fresh)
+
+        return await self._db.run(apply)
+
+    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
+        def increment(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                _add(conn, Counter({(pais, texto): by}))
+
+        await self._db.run(increment)
+
+    async def stats(self, top: int = 10) -> Stats:
+        def query(conn: sqlite3.Connection) -> Stats:
+            total = conn.execute("SELECT n FROM totals WHERE key = 'total'").fetchone()[0]
+            countries = conn.execute("SELECT pais, n FROM countries ORDER BY n DESC, pais")
+            texts = conn.execute(
+                "SELECT texto, n FROM texts ORDER BY n DESC, texto LIMIT ?", (top,)
+            )
+            return Stats(int(total), dict(countries.fetchall()), texts.fetchall())
+
+        return await self._db.run(query)
+
+    async def country(self, pais: str) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT texto, n FROM country_texts WHERE pais = ? ORDER BY n DESC, texto", (pais,)
+            )
+            return dict(rows.fetchall())
+
+        return await self._db.run(query)
+
+    async def ping(self) -> None:
+        await self._db.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._db.close()

@@ -1,0 +1,162 @@
+"""The `weathertweets` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weathertweets import __version__
+from weathertweets.config import ENVIRONMENT, Settings
+
+EPILOG = "environment (flags win):\n" + "\n".join(
+    f"  {name:<24} {meaning}" for name, meaning in ENVIRONMENT.items()
+)
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (WT_HOST)")
+    parser.add_argument("--port", type=int, help="gateway HTTP port (WT_PORT)")
+    parser.add_argument("--ingest-port", type=int, help="ingest gRPC port (WT_INGEST_PORT)")
+    parser.add_argument("--data-dir", type=Path, help="embedded backends' folder (WT_DATA_DIR)")
+    parser.add_argument("--broker-url", help="WT_BROKER_URL")
+    parser.add_argument("--store-url", help="WT_STORE_URL")
+    parser.add_argument("--counter-url", help="WT_COUNTER_URL")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings()
+    for name in (
+        "host", "port", "ingest_port", "ingest_target", "data_dir",
+        "broker_url", "store_url", "counter_url",
+    ):  # fmt: skip
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(settings, name, value)
+    return settings.resolve()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
+    from weathertweets.runtime import run
+
+    settings = _settings(args)
+    _logging(settings.log_level)
+    try:
+        asyncio.run(run(settings, services, announce=lambda line: print(line, flush=True)))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from weathertweets.runtime import SERVICES
+
+    return _run_services(args, SERVICES)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run_services(args, [args.service])
+
+
+def cmd_gen_data(args: argparse.Namespace) -> int:
+    from weathertweets.gendata import generate, write
+
+    records = generate(args.n, args.seed)
+    write(records, args.output)
+    countries = len({r["pais"] for r in records})
+    print(f"wrote {len(records)} tweets over {countries} countries to {args.output}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from weathertweets.loadgen import progress_bar, read_records, run_load, summary
+
+    console = Console(stderr=True)
+    try:
+        records = read_records(args.file)
+    except (OSError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    total = args.n or len(records)
+    with progress_bar(console) as progress:
+        outcome = asyncio.run(
+            run_load(
+                args.url,
+                records,
+                total=total,
+                concurrency=args.c,
+                rate=args.rate,
+                batch=args.batch,
+                progress=progress,
+            )
+        )
+    Console().print(summary(outcome, args.batch))
+    return 1 if outcome.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weathertweets",
+        description="Weather Tweets: a scalable pipeline for tweets about the weather.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    up = command("up", "run every service in one process (embedded backends by default)")
+    _add_server_flags(up)
+    up.set_defaults(func=cmd_up)
+
+    serve = command("serve", "run one service")
+    serve.add_argument("service", choices=["gateway", "ingest", "archiver", "counter"])
+    _add_server_flags(serve)
+    serve.add_argument("--ingest-target", help="host:port of ingest, for the gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = command("gen-data", "write realistic tweets (Spanish texts, 90 countries) to a file")
+    gen.add_argument("-n", type=int, default=10_000, help="how many tweets (default 10000)")
+    gen.add_argument("-o", "--output", type=Path, default=Path("data.json"), help="JSON file")
+    gen.add_argument("--seed", type=int, default=None, help="random seed, for repeatable data")
+    gen.set_defaults(func=cmd_gen_data)
+
+    load = command("load", "post tweets from a file to the gateway; summary at the end")
+    load.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL")
+    load.add_argument("-f", "--file", type=Path, default=Path("data.json"), help="data file")
+    load.add_argument("-n", type=int, default=0, help="tweets to send (default: the whole file)")
+    load.add_argument("-c", type=int, default=32, help="concurrent requests (default 32)")
+    load.add_argument("--rate", type=float, default=0, help="requests per second (0: no limit)")
+    load.add_argument("--batch", type=int, default=0, help="tweets per request to /api/v1/tweets")
+    load.set_defaults(func=cmd_load)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The domain: a tweet about the weather, its validation, and its record on the broker."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from weathertweets.ids import new_id
+
+MAX_TEXTO = 280
+MAX_PAIS = 64
+
+# Field spellings accepted from clients, canonical name first.
+TEXTO_ALIASES = ("texto", "text")
+PAIS_ALIASES = ("pais", "país", "country")
+
+
+class Tweet(msgspec.Struct, frozen=True, gc=False):
+    """One accepted tweet; `id` is time-ordered and unique, `received_at` is UTC."""
+
+    id: str
+    texto: str
+    pais: str
+    received_at: datetime
+
+
+class InvalidTweet(ValueError):
+    """A client sent something that is not a tweet. `field` names the culprit when there is one."""
+
+    def __init__(self, message: str, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.index = index
+
+    def at(self, index: int) -> InvalidTweet:
+        located = f"[{index}].{self.field}" if self.field else f"[{index}]"
+        return InvalidTweet(f"record {index}: {self.message}", located, index)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def clean_text(value: object, field: str, limit: int) -> str:
+    """Trim and NFC-normalise one text field, or raise InvalidTweet naming it."""
+    if not isinstance(value, str):
+        raise InvalidTweet(f"'{field}' must be a string, not {_json_type(value)}", field)
+    text = unicodedata.normalize("NFC", value.strip())
+    if not text:
+        raise InvalidTweet(f"'{field}' must not be empty", field)
+    if len(text) > limit:
+        raise InvalidTweet(f"'{field}' is {len(text)} characters; the limit is {limit}", field)
+    if _CONTROL.search(text):
+        raise InvalidTweet(f"'{field}' contains control characters", field)
+    return text
+
+
+def _pick(obj: Mapping[str, Any], aliases: Iterable[str], field: str) -> object:
+    found = [(name, obj[name]) for name in aliases if name in obj]
+    if not found:
+        raise InvalidTweet(f"'{field}' is required", field)
+    first = found[0][1]
+    for name, value in found[1:]:
+        if value != first:
+            raise InvalidTweet(f"'{found[0][0]}' and '{name}' disagree; send one of them", field)
+    return first
+
+
+def parse_fields(obj: object) -> tuple[str, str]:
+    """Validate one decoded JSON value as a tweet; return (texto, pais). Other keys are ignored."""
+    if not isinstance(obj, dict):
+        raise InvalidTweet(f"a tweet must be a JSON object, not {_json_type(obj)}")
+    texto = clean_text(_pick(obj, TEXTO_ALIASES, "texto"), "texto", MAX_TEXTO)
+    pais = clean_text(_pick(obj, PAIS_ALIASES, "pais"), "pais", MAX_PAIS)
+    return texto, pais
+
+
+def make_tweet(texto: str, pais: str, received_at: datetime | None = None) -> Tweet:
+    return Tweet(new_id(), texto, pais, received_at or utcnow())
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+# Broker records ---------------------------------------------------------------------------
+
+_record_encoder = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(Tweet)
+
+
+def encode_record(tweet: Tweet) -> bytes:
+    """The broker record value: JSON `{id, texto, pais, received_at}` (RFC 3339 time)."""
+    return _record_encoder.encode(tweet)
+
+
+def decode_record(value: bytes) -> Tweet:
+    """Raises msgspec.DecodeError/ValidationError for a record that is not ours."""
+    return _record_decoder.decode(value)

@@ -1,0 +1,154 @@
+"""`weathertweets load`: replay a data file against the gateway and summarise what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A JSON array (the seed's data.json) or NDJSON, one tweet per line."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        records = json.loads(text)
+    else:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path}: expected a non-empty JSON array or NDJSON of tweets")
+    return records
+
+
+@dataclass
+class Outcome:
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.elapsed if self.elapsed else 0.0
+
+
+async def run_load(
+    url: str,
+    records: list[dict[str, Any]],
+    *,
+    total: int,
+    concurrency: int,
+    rate: float,
+    batch: int,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Send `total` tweets (cycling through `records`), `batch` per request when batch > 0."""
+    tweets = list(islice(cycle(records), total))
+    bodies: list[Any]
+    if batch > 0:
+        bodies = [tweets[i : i + batch] for i in range(0, len(tweets), batch)]
+        path, counts = "/api/v1/tweets", [len(b) for b in bodies]
+    else:
+        bodies, path, counts = list(tweets), "/input", [1] * len(tweets)
+    outcome = Outcome()
+    task = progress.add_task("tweets", total=total) if progress else None
+    next_index = 0
+    started = time.perf_counter()
+    target = url.rstrip("/") + path
+    encode = msgspec.json.encode
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < len(bodies):
+                index = next_index
+                next_index += 1
+                if rate > 0:
+                    delay = started + index / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent = time.perf_counter()
+                try:
+                    async with client.post(
+                        target, data=encode(bodies[index]), headers=headers
+                    ) as response:
+                        await response.read()
+                        status = str(response.status)
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    status = type(error).__name__
+                outcome.latencies.append(time.perf_counter() - sent)
+                outcome.requests += 1
+                outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
+                if status in ("200", "202"):
+                    outcome.accepted += counts[index]
+                elif status.startswith("4"):
+                    outcome.rejected += counts[index]
+                else:
+                    outcome.errors += counts[index]
+                if progress is not None and task is not None:
+                    progress.advance(task, counts[index])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    outcome.elapsed = time.perf_counter() - started
+    return outcome
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def summary(outcome: Outcome, batch: int) -> Table:
+    table = Table(title="load summary", show_header=False)
+    unit = f"requests (batches of {batch})" if batch else "requests"
+    rows = [
+        ("accepted tweets", f"{outcome.accepted}"),
+        ("rejected tweets (4xx)", f"{outcome.rejected}"),
+        ("errors (5xx, network)", f"{outcome.errors}"),
+        (unit, f"{outcome.requests} in {outcome.elapsed:.2f} s = {outcome.rate:.0f}/s"),
+        ("latency p50", f"{outcome.percentile(0.50) * 1000:.1f} ms"),
+        ("latency p95", f"{outcome.percentile(0.95) * 1000:.1f} ms"),
+        ("latency p99", f"{outcome.percentile(0.99) * 1000:.1f} ms"),
+        ("statuses", ", ".join(f"{k}: {v}" for k, v in sorted(outcome.statuses.items()))),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

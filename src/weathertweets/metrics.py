@@ -1,0 +1,35 @@
+"""Prometheus metrics shared by every service (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter(
+    "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
+)
+ACCEPTED = Counter("weathertweets_tweets_accepted", "Tweets acknowledged (durable on the broker)")
+REJECTED = Counter("weathertweets_tweets_rejected", "Requests refused, by reason", ["reason"])
+BATCH_SIZE = Histogram(
+    "weathertweets_batch_size",
+    "Tweets per batch",
+    ["stage"],
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 20000),
+)
+PUBLISHED = Counter("weathertweets_tweets_published", "Tweets written to the broker by ingest")
+PROCESSED = Counter(
+    "weathertweets_records_processed", "Broker records a consumer group has handled", ["group"]
+)
+POISON = Counter(
+    "weathertweets_records_skipped", "Broker records that are not tweets, skipped", ["group"]
+)
+LAG = Gauge("weathertweets_consumer_lag", "Broker records not yet committed", ["group"])
+E2E_LATENCY = Histogram(
+    "weathertweets_end_to_end_seconds",
+    "From received_at to archived or counted",
+    ["group"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST

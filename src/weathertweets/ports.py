@@ -1,0 +1,122 @@
+"""The three ports every service talks to. Adapters live in `weathertweets.backends`.
+
+- Broker: durable append, then consumption by group with committed positions.
+- Store: the archive of every tweet (idempotent on id).
+- Counters: live counts, applied exactly once per broker record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from weathertweets.domain import Tweet
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot take the request now; the caller should retry later (503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One broker record as a consumer sees it."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CountedTweet:
+    """A tweet with the broker position it came from, so counters can apply it exactly once."""
+
+    partition: int
+    offset: int
+    pais: str
+    texto: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedTweet:
+    tweet: Tweet
+    archived_at: datetime
+
+
+@dataclass(slots=True)
+class Stats:
+    total: int
+    countries: dict[str, int]
+    top_texts: list[tuple[str, int]] = field(default_factory=list)
+
+
+class Consumer(Protocol):
+    async def poll(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to max_records after the group's position; [] when nothing came within timeout."""
+        ...
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Record that every message given has reached its sink."""
+        ...
+
+    async def lag(self) -> int:
+        """Records published but not yet committed by this group."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    async def start(self) -> None: ...
+
+    async def publish(self, values: Sequence[bytes]) -> None:
+        """Return only once every value is durable; raise BackendUnavailable otherwise."""
+        ...
+
+    def consumer(self, group: str) -> Consumer: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+
+    async def archive(self, docs: Sequence[ArchivedTweet]) -> None:
+        """Insert; a document whose id is already stored is left as it is."""
+        ...
+
+    async def recent(self, pais: str | None, limit: int) -> list[ArchivedTweet]:
+        """Newest first."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Counters(Protocol):
+    async def start(self) -> None: ...
+
+    async def apply(self, group: str, tweets: Sequence[CountedTweet]) -> int:
+        """Count each (partition, offset) at most once, atomically with its position.
+
+        Returns how many tweets were newly counted (replays are skipped).
+        """
+        ...
+
+    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
+        """A direct increment outside the broker (the seed's `POST /set`)."""
+        ...
+
+    async def stats(self, top: int = 10) -> Stats: ...
+
+    async def country(self, pais: str) -> dict[str, int]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

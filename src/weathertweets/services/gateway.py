@@ -1,0 +1,183 @@
+"""The gateway (ASGI): accepts tweets over HTTP, forwards them to ingest, serves the read API."""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from weathertweets import __version__
+from weathertweets.domain import InvalidTweet, Tweet, make_tweet, parse_fields, utcnow
+from weathertweets.metrics import ACCEPTED, BATCH_SIZE
+from weathertweets.openapi import docs_page, openapi_spec
+from weathertweets.ports import Counters, Store
+from weathertweets.services.ops import add_ops_routes
+from weathertweets.web import Handler, HTTPError, Request, Response, Router, parse_json
+
+SINGLE_BODY_LIMIT = 64 * 1024
+BATCH_BODY_LIMIT = 16 * 1024 * 1024
+NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson"}
+TWEET_PATHS = ("/input", "/", "/insert")
+
+
+class Publisher(Protocol):
+    async def publish(self, tweets: Sequence[Tweet]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+def _require_json(request: Request, also: set[str] | frozenset[str] = frozenset()) -> str:
+    media = request.media_type()
+    if media in ("", "application/json") or media.endswith("+json") or media in also:
+        return media
+    raise HTTPError(
+        415, "unsupported_media_type", f"send application/json, not {media}", "content-type"
+    )
+
+
+def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HTTPError(422, "invalid", f"'{name}' must be an integer from {low} to {high}", name)
+    return int(raw)
+
+
+def _country_name(raw: str) -> str:
+    return unicodedata.normalize("NFC", raw.strip())
+
+
+class Gateway:
+    def __init__(
+        self,
+        ingest: Publisher,
+        store: Store,
+        counters: Counters,
+        *,
+        max_batch: int = 10_000,
+        extra_routes: Sequence[tuple[str, str, Handler]] = (),
+    ) -> None:
+        self._ingest, self._store, self._counters = ingest, store, counters
+        self._max_batch = max_batch
+        self.router = Router("gateway")
+        for path in TWEET_PATHS:
+            self.router.add("POST", path, self.post_tweet)
+        self.router.add("POST", "/api/v1/tweets", self.post_batch)
+        self.router.add("GET", "/", self.index)
+        self.router.add("GET", "/api/v1/stats", self.stats)
+        self.router.add("GET", "/api/v1/countries/{pais}", self.country)
+        self.router.add("GET", "/api/v1/tweets", self.recent)
+        self.router.add("GET", "/openapi.json", self.openapi)
+        self.router.add("GET", "/docs", self.docs)
+        for method, path, handler in extra_routes:
+            self.router.add(method, path, handler)
+        checks = {"ingest": ingest.ping, "store": store.ping, "counters": counters.ping}
+        add_ops_routes(self.router, checks)
+
+    async def post_tweet(self, request: Request) -> Response:
+        _require_json(request)
+        texto, pais = parse_fields(parse_json(await request.body(SINGLE_BODY_LIMIT)))
+        tweet = make_tweet(texto, pais)
+        await self._ingest.publish([tweet])
+        ACCEPTED.inc()
+        return Response.json({"id": tweet.id}, 202)
+
+    async def post_batch(self, request: Request) -> Response:
+        media = _require_json(request, NDJSON_TYPES)
+        body = await request.body(BATCH_BODY_LIMIT)
+        records = self._ndjson(body) if media in NDJSON_TYPES else parse_json(body)
+        if not isinstance(records, list):
+            raise HTTPError(422, "invalid", "a batch must be a JSON array of tweets")
+        if not records:
+            raise HTTPError(422, "invalid", "the batch is empty")
+        if len(records) > self._max_batch:
+            raise HTTPError(
+                413, "too_large", f"{len(records)} tweets; at most {self._max_batch} per batch"
+            )
+        received_at = utcnow()
+        tweets = []
+        for index, record in enumerate(records):
+            try:
+                texto, pais = parse_fields(record)
+            except InvalidTweet as error:
+                raise error.at(index) from error
+            tweets.append(make_tweet(texto, pais, received_at))
+        await self._ingest.publish(tweets)
+        ACCEPTED.inc(len(tweets))
+        BATCH_SIZE.labels("gateway").observe(len(tweets))
+        return Response.json({"accepted": len(tweets)}, 202)
+
+    @staticmethod
+    def _ndjson(body: bytes) -> list[Any]:
+        records = []
+        for number, line in enumerate(body.splitlines()):
+            if line.strip():
+                try:
+                    records.append(parse_json(line))
+                except HTTPError as error:
+                    raise HTTPError(
+                        400, error.code, f"line {number + 1}: {error.message}"
+                    ) from None
+        return records
+
+    async def stats(self, request: Request) -> Response:
+        top = _int_query(request, "top", 10, 1, 1000)
+        stats, archived = await asyncio.gather(self._counters.stats(top), self._store.count())
+        return Response.json(
+            {
+                "total": stats.total,
+                "archived": archived,
+                "countries": stats.countries,
+                "top_texts": [{"texto": t, "count": n} for t, n in stats.top_texts],
+            }
+        )
+
+    async def country(self, request: Request) -> Response:
+        pais = _country_name(request.path_params["pais"])
+        texts = await self._counters.country(pais)
+        return Response.json(
+            {
+                "pais": pais,
+                "total": sum(texts.values()),
+                "texts": [{"texto": t, "count": n} for t, n in texts.items()],
+            }
+        )
+
+    async def recent(self, request: Request) -> Response:
+        limit = _int_query(request, "limit", 20, 1, 1000)
+        raw_pais = request.query("pais")
+        pais = _country_name(raw_pais) if raw_pais else None
+        docs = await self._store.recent(pais, limit)
+        return Response.json(
+            {
+                "tweets": [
+                    {
+                        "id": d.tweet.id,
+                        "texto": d.tweet.texto,
+                        "pais": d.tweet.pais,
+                        "received_at": d.tweet.received_at,
+                        "archived_at": d.archived_at,
+                    }
+                    for d in docs
+                ]
+            }
+        )
+
+    async def index(self, _: Request) -> Response:
+        return Response.json(
+            {
+                "service": "weathertweets",
+                "version": __version__,
+                "post": "/input",
+                "stats": "/api/v1/stats",
+                "docs": "/docs",
+            }
+        )
+
+    async def openapi(self, _: Request) -> Response:
+        return Response.json(openapi_spec())
+
+    async def docs(self, _: Request) -> Response:
+        return Response(200, docs_page().encode(), b"text/html; charset=utf-8")

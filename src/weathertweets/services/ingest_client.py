@@ -1,0 +1,46 @@
+"""The gateway's side of ingest: one persistent gRPC channel, concurrent tweets sent in batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+
+from weathertweets.batching import Batcher
+from weathertweets.domain import InvalidTweet, Tweet
+from weathertweets.ports import BackendUnavailable
+from weathertweets.proto import ingest_pb2, ingest_pb2_grpc
+from weathertweets.services.ingest import GRPC_OPTIONS, to_pb
+
+
+class IngestClient:
+    def __init__(self, target: str, *, timeout: float = 10.0, max_batch: int = 10_000) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        self._stub = ingest_pb2_grpc.TweetIngestStub(self._channel)
+        self._batcher = Batcher(self._send, max_batch=max_batch, max_in_flight=8)
+
+    async def publish(self, tweets: Sequence[Tweet]) -> None:
+        """Return once ingest has every tweet on the broker; BackendUnavailable if it cannot."""
+        await self._batcher.submit(tweets)
+
+    async def _send(self, tweets: list[Tweet]) -> None:
+        batch = ingest_pb2.TweetBatch(tweets=[to_pb(t) for t in tweets])
+        try:
+            await self._stub.PublishBatch(batch, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidTweet(error.details() or "rejected by ingest") from error
+            raise BackendUnavailable(f"ingest: {error.code().name}: {error.details()}") from error
+
+    async def ping(self) -> None:
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout=2.0)
+        except TimeoutError as error:
+            raise BackendUnavailable(f"ingest at {self.target} is not reachable") from error
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self._channel.close()

@@ -1,0 +1,201 @@
+"""A small ASGI toolkit for the hot path: exact-match routing, bounded bodies, JSON errors.
+
+The POST path pays for no framework: one dict lookup to route, one msgspec call to decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from weathertweets.domain import InvalidTweet
+from weathertweets.metrics import HTTP_REQUESTS, REJECTED
+from weathertweets.ports import BackendUnavailable
+
+log = logging.getLogger("weathertweets.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+JSON_TYPE = b"application/json"
+
+
+class HTTPError(Exception):
+    """Turned into `{"error": {"code", "message", "field"}}` with the given status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = list(headers)
+
+    def response(self) -> Response:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return Response.json({"error": error}, self.status, self.headers)
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON_TYPE
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def json(
+        cls, payload: object, status: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> Response:
+        return cls(status, _json.encode(payload), JSON_TYPE, list(headers))
+
+
+class Request:
+    __slots__ = ("_query", "path", "path_params", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, path: str) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.path = path
+        self.path_params: dict[str, str] = {}
+        self._query: dict[str, list[str]] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return bytes(value)
+        return None
+
+    def media_type(self) -> str:
+        raw = self.header(b"content-type")
+        return raw.split(b";", 1)[0].strip().lower().decode("latin-1") if raw else ""
+
+    def query(self, name: str) -> str | None:
+        if self._query is None:
+            self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        values = self._query.get(name)
+        return values[-1] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; 413 as soon as it grows past `limit` bytes."""
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large(limit)
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "disconnected", "the client went away mid-request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "too_large", f"the body is larger than {limit} bytes")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    """Exact routes `(method, path)` plus prefix routes whose rest of path is one parameter."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._exact: dict[tuple[str, str], Handler] = {}
+        self._prefixed: list[tuple[str, str, str, Handler]] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        if path.endswith("}"):
+            prefix, _, name = path[:-1].rpartition("{")
+            self._prefixed.append((method, prefix, name, handler))
+        else:
+            self._exact[(method, path)] = handler
+
+    def paths(self) -> set[str]:
+        return {path for _, path in self._exact} | {p for _, p, _, _ in self._prefixed}
+
+    def _match(self, request: Request) -> tuple[str, Handler]:
+        method, path = request.method, request.path
+        handler = self._exact.get((method, path))
+        if handler is not None:
+            return path, handler
+        for route_method, prefix, name, handler in self._prefixed:
+            if path.startswith(prefix) and len(path) > len(prefix) and route_method == method:
+                request.path_params[name] = unquote(path[len(prefix) :])
+                return prefix + "{" + name + "}", handler
+        if path in self.paths():
+            raise HTTPError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        raise HTTPError(404, "not_found", f"no route for {path}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is driven by our own runtime
+        request = Request(scope, receive, scope["path"])
+        route = "unmatched"
+        try:
+            route, handler = self._match(request)
+            response = await handler(request)
+        except HTTPError as error:
+            response = error.response()
+        except InvalidTweet as error:
+            response = HTTPError(422, "invalid", error.message, error.field).response()
+        except BackendUnavailable as error:
+            response = unavailable(str(error)).response()
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = HTTPError(500, "internal", "internal error; see the server log").response()
+        HTTP_REQUESTS.labels(self.service, route, str(response.status)).inc()
+        if response.status >= 400 and request.method == "POST":
+            REJECTED.labels(_reason(response.status)).inc()
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", str(len(response.body)).encode()),
+            *response.headers,
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _reason(status: int) -> str:
+    reasons = {400: "malformed", 413: "too_large", 415: "media_type", 422: "invalid", 429: "rate"}
+    return reasons.get(status, "unavailable" if status == 503 else str(status))
+
+
+def unavailable(reason: str, retry_after: int = 1) -> HTTPError:
+    return HTTPError(
+        503, "unavailable", reason, headers=[(b"retry-after", str(retry_after).encode())]
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; 400 naming the problem when it is not JSON or not UTF-8."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise HTTPError(400, "malformed_json", f"the body is not valid JSON: {error}") from error
+    except UnicodeDecodeError as error:
+        raise HTTPError(400, "malformed_json", f"the body is not valid UTF-8: {error}") from error

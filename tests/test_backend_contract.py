@@ -1,0 +1,146 @@
+"""The contract every adapter of the three ports keeps, run against each available backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.backends import BackendSet, Opened, backend_sets, opened
+from weathertweets.domain import encode_record, make_tweet
+from weathertweets.ports import ArchivedTweet, Broker, CountedTweet
+
+
+@pytest.fixture(params=backend_sets(), ids=lambda b: b.name)
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[Opened]:
+    backend_set: BackendSet = request.param
+    async with opened(backend_set.new_urls()) as fresh:
+        yield fresh
+
+
+async def _drain(broker: Broker, group: str, expected: int) -> list[bytes]:
+    consumer = broker.consumer(group)
+    values: list[bytes] = []
+    try:
+        for _ in range(100):
+            messages = await consumer.poll(1000, timeout=0.5)
+            values += [m.value for m in messages]
+            await consumer.commit(messages)
+            if len(values) >= expected:
+                break
+    finally:
+        await consumer.close()
+    return values
+
+
+async def test_broker_delivers_everything_to_each_group(backends: Opened) -> None:
+    broker = backends.broker
+    values = [f"tweet-{i}".encode() for i in range(300)]
+    await asyncio.gather(*(broker.publish(values[i : i + 30]) for i in range(0, 300, 30)))
+    archived = await _drain(broker, "archiver", 300)
+    counted = await _drain(broker, "counter", 300)
+    assert sorted(archived) == sorted(values)
+    assert sorted(counted) == sorted(values)
+
+
+async def test_broker_resumes_after_the_last_commit(backends: Opened) -> None:
+    broker = backends.broker
+    await broker.publish([b"a", b"b", b"c"])
+    consumer = broker.consumer("g")
+    first: list[bytes] = []
+    while len(first) < 3:
+        messages = await consumer.poll(1, timeout=1)
+        if messages and not first:
+            await consumer.commit(messages)  # commit only the first record
+        first += [m.value for m in messages]
+    await consumer.close()
+    rest = await _drain(broker, "g", 2)
+    assert sorted(rest) == [b"b", b"c"]  # uncommitted records come back to the group
+
+
+async def test_broker_reports_lag(backends: Opened) -> None:
+    broker = backends.broker
+    await broker.publish([b"x"] * 5)
+    consumer = broker.consumer("lagging")
+    got = []
+    for _ in range(40):
+        got += await consumer.poll(100, timeout=0.5)
+        if len(got) >= 5:
+            break
+    assert await consumer.lag() == 5
+    await consumer.commit(got)
+    assert await consumer.lag() == 0
+    await consumer.close()
+
+
+def _archived(n: int, pais: str = "Chile", start: datetime | None = None) -> list[ArchivedTweet]:
+    start = start or datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        ArchivedTweet(make_tweet(f"t{i}", pais, start + timedelta(seconds=i)), datetime.now(UTC))
+        for i in range(n)
+    ]
+
+
+async def test_store_archive_is_idempotent(backends: Opened) -> None:
+    store = backends.store
+    docs = _archived(50)
+    await store.archive(docs)
+    await store.archive(docs[10:30])  # a replay after a crash
+    await store.archive(docs)
+    assert await store.count() == 50
+
+
+async def test_store_recent_is_newest_first_and_filters(backends: Opened) -> None:
+    store = backends.store
+    await store.archive(_archived(10, "Chile") + _archived(5, "Perú"))
+    recent = await store.recent(None, 3)
+    assert [d.tweet.texto for d in recent] == ["t9", "t8", "t7"]
+    peru = await store.recent("Perú", 100)
+    assert [d.tweet.texto for d in peru] == ["t4", "t3", "t2", "t1", "t0"]
+    assert all(d.tweet.pais == "Perú" for d in peru)
+    assert recent[0].tweet.received_at == datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC)
+
+
+def _counted(start: int, pairs: list[tuple[str, str]], partition: int = 0) -> list[CountedTweet]:
+    return [CountedTweet(partition, start + i, p, t) for i, (p, t) in enumerate(pairs)]
+
+
+async def test_counters_count_each_offset_once(backends: Opened) -> None:
+    counters = backends.counters
+    batch = _counted(0, [("Chile", "Sol"), ("Chile", "Sol"), ("Perú", "Lluvia")])
+    assert await counters.apply("counter", batch) == 3
+    assert await counters.apply("counter", batch) == 0  # replay of the whole batch
+    more = _counted(2, [("Perú", "Lluvia"), ("Perú", "Niebla")])  # overlaps offset 2
+    assert await counters.apply("counter", more) == 1
+    stats = await counters.stats()
+    assert stats.total == 4
+    assert stats.countries == {"Chile": 2, "Perú": 2}
+    assert dict(stats.top_texts) == {"Sol": 2, "Lluvia": 1, "Niebla": 1}
+    assert await counters.country("Perú") == {"Lluvia": 1, "Niebla": 1}
+
+
+async def test_counters_track_partitions_apart(backends: Opened) -> None:
+    counters = backends.counters
+    await counters.apply("counter", _counted(0, [("Chile", "Sol")] * 3, partition=0))
+    await counters.apply("counter", _counted(0, [("Chile", "Sol")] * 2, partition=1))
+    assert (await counters.stats()).total == 5
+
+
+async def test_counters_direct_increment(backends: Opened) -> None:
+    counters = backends.counters
+    await counters.increment("Guatemala", "Lluvia")
+    await counters.increment("Guatemala", "Lluvia")
+    stats = await counters.stats()
+    assert (stats.total, stats.countries) == (2, {"Guatemala": 2})
+    assert await counters.country("Guatemala") == {"Lluvia": 2}
+    assert await counters.country("Narnia") == {}
+
+
+async def test_records_survive_a_restart(backends: Opened) -> None:
+    tweet = make_tweet("Nieve", "Noruega")
+    await backends.broker.publish([encode_record(tweet)])
+    async with opened(backends.urls) as again:
+        values = await _drain(again.broker, "after-restart", 1)
+    assert values == [encode_record(tweet)]

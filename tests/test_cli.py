@@ -1,0 +1,62 @@
+"""The command line: settings, help, and the test data it generates."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from weathertweets.cli import build_parser, main
+from weathertweets.config import ENVIRONMENT, Settings
+from weathertweets.gendata import COUNTRIES, TEXTS, generate
+
+
+def test_every_setting_has_a_documented_variable() -> None:
+    assert {f"WT_{f.name.upper()}" for f in fields(Settings)} == set(ENVIRONMENT)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in ENVIRONMENT)
+
+
+def test_help_lists_the_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ENVIRONMENT)
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from weathertweets.cli import _settings
+
+    monkeypatch.setenv("WT_PORT", "9999")
+    monkeypatch.setenv("WT_DATA_DIR", "/nowhere")
+    args = build_parser().parse_args(["up", "--port", "8181", "--data-dir", str(tmp_path)])
+    settings = _settings(args)
+    assert settings.port == 8181
+    assert settings.broker_url == f"sqlite:///{tmp_path.resolve()}/broker.db"
+    assert settings.ingest_target == "127.0.0.1:50051"
+
+
+def test_unknown_backend_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WT_BROKER_URL", "rabbit://localhost")
+    assert main(["serve", "ingest", "--ingest-port", "0"]) == 2
+    assert "unknown scheme 'rabbit'" in capsys.readouterr().err
+
+
+def test_gen_data_is_realistic_and_repeatable(tmp_path: Path) -> None:
+    out = tmp_path / "data.json"
+    assert main(["gen-data", "-n", "10000", "-o", str(out), "--seed", "4"]) == 0
+    records = json.loads(out.read_text(encoding="utf-8"))
+    assert len(records) == 10_000
+    assert records == generate(10_000, seed=4)
+    per_country = Counter(r["pais"] for r in records)
+    assert len(per_country) >= 80
+    counts = sorted(per_country.values(), reverse=True)
+    assert counts[0] > 10 * counts[len(counts) // 2]  # skewed, not uniform
+    known_texts = {t for texts in TEXTS.values() for t in texts}
+    assert all(any(r["texto"].startswith(t) for t in known_texts) for r in records[:200])
+    assert {"Turquía", "Perú", "México", "España"} <= {name for name, _ in COUNTRIES}

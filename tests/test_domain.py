@@ -1,0 +1,133 @@
+"""Validation of tweets, time-ordered ids and the broker record."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, datetime
+
+import pytest
+
+from weathertweets import ids
+from weathertweets.domain import (
+    MAX_PAIS,
+    MAX_TEXTO,
+    InvalidTweet,
+    decode_record,
+    encode_record,
+    make_tweet,
+    parse_fields,
+)
+from weathertweets.ids import id_time_ms, new_id
+
+
+def test_accepts_the_seed_shape() -> None:
+    assert parse_fields({"texto": "Calor sofocante", "pais": "Turquía"}) == (
+        "Calor sofocante",
+        "Turquía",
+    )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"text": "Lluvia", "country": "Guatemala"},
+        {"texto": "Lluvia", "país": "Guatemala"},
+        {"text": "Lluvia", "pais": "Guatemala", "country": "Guatemala"},
+    ],
+)
+def test_accepts_aliases(record: dict[str, str]) -> None:
+    assert parse_fields(record) == ("Lluvia", "Guatemala")
+
+
+def test_trims_and_normalises_to_nfc() -> None:
+    decomposed = unicodedata.normalize("NFD", "  Turquía \n")
+    texto, pais = parse_fields({"texto": "\tCalor ", "pais": decomposed})
+    assert (texto, pais) == ("Calor", "Turquía")
+    assert unicodedata.is_normalized("NFC", pais)
+
+
+def test_extra_fields_are_ignored() -> None:
+    assert parse_fields({"texto": "Sol", "pais": "Chile", "user": "x", "n": 3}) == ("Sol", "Chile")
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "words"),
+    [
+        ({"pais": "Chile"}, "texto", "required"),
+        ({"texto": "Sol"}, "pais", "required"),
+        ({"texto": "", "pais": "Chile"}, "texto", "empty"),
+        ({"texto": "   \t\n", "pais": "Chile"}, "texto", "empty"),
+        ({"texto": "Sol", "pais": " "}, "pais", "empty"),
+        ({"texto": "x" * (MAX_TEXTO + 1), "pais": "Chile"}, "texto", "limit"),
+        ({"texto": "Sol", "pais": "p" * (MAX_PAIS + 1)}, "pais", "limit"),
+        ({"texto": 42, "pais": "Chile"}, "texto", "a number"),
+        ({"texto": None, "pais": "Chile"}, "texto", "null"),
+        ({"texto": True, "pais": "Chile"}, "texto", "a boolean"),
+        ({"texto": ["Sol"], "pais": "Chile"}, "texto", "an array"),
+        ({"texto": {"es": "Sol"}, "pais": "Chile"}, "texto", "an object"),
+        ({"texto": "Sol", "pais": {"name": "Chile"}}, "pais", "an object"),
+        ({"texto": "Sol\x00", "pais": "Chile"}, "texto", "control"),
+        ({"texto": "Sol", "text": "Lluvia", "pais": "Chile"}, "texto", "disagree"),
+    ],
+)
+def test_rejects_with_the_field_named(record: object, field: str, words: str) -> None:
+    with pytest.raises(InvalidTweet) as caught:
+        parse_fields(record)
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+def test_limit_counts_characters_not_bytes() -> None:
+    texto = "ñ" * MAX_TEXTO  # 560 bytes in UTF-8
+    assert parse_fields({"texto": texto, "pais": "España"})[0] == texto
+
+
+@pytest.mark.parametrize("value", [[], "Sol", 3, None])
+def test_rejects_non_objects(value: object) -> None:
+    with pytest.raises(InvalidTweet, match="JSON object"):
+        parse_fields(value)
+
+
+def test_batch_errors_name_index_and_field() -> None:
+    error = InvalidTweet("'pais' is required", "pais").at(7)
+    assert error.field == "[7].pais"
+    assert error.index == 7
+    assert "record 7" in error.message
+
+
+def test_ids_are_unique_and_strictly_increasing() -> None:
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
+@pytest.fixture
+def id_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that feed ids a clock of their own leave the process's id state as it was."""
+    monkeypatch.setattr(ids, "_last_ms", ids._last_ms)
+    monkeypatch.setattr(ids, "_last_random", ids._last_random)
+
+
+@pytest.mark.usefixtures("id_clock")
+def test_ids_increase_within_one_millisecond_and_carry_the_time() -> None:
+    fixed = 1_800_000_000_000
+    first, second = new_id(fixed), new_id(fixed)
+    assert first < second
+    assert id_time_ms(first) == fixed
+
+
+@pytest.mark.usefixtures("id_clock")
+def test_a_clock_going_back_never_reorders_ids() -> None:
+    later = 4_000_000_000_000
+    first = new_id(later)
+    assert new_id(later - 5_000) > first
+    assert id_time_ms(first) == later
+
+
+def test_record_round_trip() -> None:
+    moment = datetime(2026, 11, 29, 7, 15, 40, 408854, tzinfo=UTC)
+    tweet = make_tweet("Calor sofocante", "Turquía", moment)
+    raw = encode_record(tweet)
+    assert b'"received_at":"2026-11-29T07:15:40.408854Z"' in raw
+    assert decode_record(raw) == tweet

@@ -1,0 +1,164 @@
+"""End to end on real processes: `weathertweets up`, its CLI tools, Locust, a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Pipeline
+from weathertweets.gendata import generate
+from weathertweets.loadgen import run_load
+
+pytestmark = pytest.mark.e2e
+
+MALFORMED: list[tuple[bytes, str]] = [
+    (b'{"texto": "Sol"', "application/json"),
+    (b'{"texto": "", "pais": "Chile"}', "application/json"),
+    (b'{"texto": "Sol", "pais": "   "}', "application/json"),
+    (b'{"texto": "Sol"}', "application/json"),
+    (b'{"texto": 12, "pais": "Chile"}', "application/json"),
+    (b'{"texto": ["Sol"], "pais": "Chile"}', "application/json"),
+    (b'{"texto": "\xc3\x28", "pais": "Chile"}', "application/json"),
+    (b'"Sol"', "application/json"),
+    (b"texto=Sol&pais=Chile", "application/x-www-form-urlencoded"),
+    (json.dumps({"texto": "x" * 281, "pais": "Chile"}).encode(), "application/json"),
+]
+
+
+def test_two_thousand_tweets_are_counted_and_archived_exactly(pipeline: Pipeline) -> None:
+    pipeline.start()
+    records = generate(2000, seed=7)
+    single = asyncio.run(
+        run_load(pipeline.url, records[:1000], total=1000, concurrency=16, rate=0, batch=0)
+    )
+    assert (single.accepted, single.rejected, single.errors) == (1000, 0, 0)
+    with httpx.Client(base_url=pipeline.url, timeout=30) as http:
+        for start in range(1000, 2000, 250):
+            response = http.post("/api/v1/tweets", json=records[start : start + 250])
+            assert (response.status_code, response.json()) == (202, {"accepted": 250})
+        before = pipeline.wait_settled(2000)
+        for i in range(50):
+            body, content_type = MALFORMED[i % len(MALFORMED)]
+            response = http.post("/input", content=body, headers={"content-type": content_type})
+            assert 400 <= response.status_code < 500, (body, response.status_code)
+            assert response.json()["error"]["message"]
+    stats = pipeline.wait_settled(2000)
+    assert stats == before
+    assert stats["countries"] == dict(Counter(r["pais"] for r in records))
+    assert pipeline.process is not None
+    assert pipeline.process.stop() == 0
+    assert "stopped cleanly" in pipeline.process.output
+
+
+async def _post_until_killed(url: str, acked: list[str], attempts: int) -> None:
+    records = generate(attempts, seed=11)
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    for record in records:
+        queue.put_nowait(record)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            record = queue.get_nowait()
+            try:
+                async with session.post(url + "/input", json=record) as response:
+                    if response.status == 202:
+                        acked.append((await response.json())["id"])
+            except (aiohttp.ClientError, TimeoutError):
+                return  # the process is gone
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(8)))
+
+
+async def _kill_after(pipeline: Pipeline, acked: list[str], threshold: int) -> None:
+    while len(acked) < threshold:  # noqa: ASYNC110 - polling a list the workers append to
+        await asyncio.sleep(0.01)
+    assert pipeline.process is not None
+    pipeline.process.kill()
+
+
+def test_sigkill_mid_stream_loses_nothing_acknowledged_and_counts_once(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.start()
+    acked: list[str] = []
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            _post_until_killed(pipeline.url, acked, 20_000), _kill_after(pipeline, acked, 1500)
+        )
+
+    asyncio.run(scenario())
+    assert len(acked) >= 1500
+    pipeline.start()  # same data dir
+    stats = pipeline.wait_settled()
+    with sqlite3.connect(pipeline.data_dir / "broker.db") as broker:
+        (published,) = broker.execute("SELECT count(*) FROM log").fetchone()
+    with sqlite3.connect(pipeline.data_dir / "store.db") as store:
+        archived_ids = {row[0] for row in store.execute("SELECT id FROM register")}
+        per_country = dict(store.execute("SELECT pais, count(*) FROM register GROUP BY pais"))
+    assert set(acked) <= archived_ids  # every acknowledged tweet was archived
+    assert stats["total"] == stats["archived"] == len(archived_ids) == published
+    assert stats["countries"] == per_country  # counted exactly once each
+
+
+def test_gen_data_and_load_commands(pipeline: Pipeline, tmp_path: Path) -> None:
+    pipeline.start()
+    data = tmp_path / "data.json"
+    cli = [sys.executable, "-m", "weathertweets.cli"]
+    made = subprocess.run(
+        [*cli, "gen-data", "-n", "3000", "-o", str(data), "--seed", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "wrote 3000 tweets" in made.stdout
+    load = subprocess.run(
+        [*cli, "load", "--url", pipeline.url, "-f", str(data), "-c", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert load.returncode == 0, load.stderr
+    assert "accepted tweets" in load.stdout and "3000" in load.stdout
+    assert "p99" in load.stdout
+    assert pipeline.wait_settled(3000)["total"] == 3000
+    bad = subprocess.run(
+        [*cli, "load", "--url", "http://127.0.0.1:9", "-f", str(data), "-n", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1  # every request failed: a non-zero exit
+
+
+def test_locust_sends_every_record_once_then_stops(pipeline: Pipeline, tmp_path: Path) -> None:
+    pipeline.start()
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(generate(400, seed=5)), encoding="utf-8")
+    env = {**os.environ, "WT_LOCUST_DATA": str(data)}
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--headless"),
+            *("-u", "10", "-r", "10", "--run-time", "120s", "-H", pipeline.url, "--only-summary"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "the data is used up" in run.stderr
+    assert pipeline.wait_settled(400)["total"] == 400
