@@ -16,7 +16,7 @@ from weathertweets.ports import ArchivedTweet, Broker, CountedTweet
 @pytest.fixture(params=backend_sets(), ids=lambda b: b.name)
 async def backends(request: pytest.FixtureRequest) -> AsyncIterator[Opened]:
     backend_set: BackendSet = request.param
-    async with opened(backend_set.new_urls()) as fresh:
+    async with opened(backend_set.new_namespace()) as fresh:
         yield fresh
 
 
@@ -141,6 +141,6 @@ async def test_counters_direct_increment(backends: Opened) -> None:
 async def test_records_survive_a_restart(backends: Opened) -> None:
     tweet = make_tweet("Nieve", "Noruega")
     await backends.broker.publish([encode_record(tweet)])
-    async with opened(backends.urls) as again:
+    async with opened(backends.namespace) as again:
         values = await _drain(again.broker, "after-restart", 1)
     assert values == [encode_record(tweet)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Pipeline
+from tests.conftest import ROOT, Pipeline, ServiceProcess, free_port
 from weathertweets.gendata import generate
 from weathertweets.loadgen import run_load
 
@@ -162,3 +164,31 @@ def test_locust_sends_every_record_once_then_stops(pipeline: Pipeline, tmp_path:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "the data is used up" in run.stderr
     assert pipeline.wait_settled(400)["total"] == 400
+
+
+def test_stack_reports_a_dead_service_and_never_restarts_it(tmp_path: Path) -> None:
+    ports = {name: str(free_port()) for name in ("WT_PORT", "WT_INGEST_PORT")}
+    ports |= {n: str(free_port()) for n in ("WT_INGEST_METRICS_PORT", "WT_ARCHIVER_PORT")}
+    ports["WT_COUNTER_PORT"] = str(free_port())
+    env = {**ports, "WT_DATA_DIR": str(tmp_path / "data"), "WT_PROMETHEUS_TARGETS_FILE": ""}
+    stack = ServiceProcess(["stack"], tmp_path / "stack.log", env).start()
+    stack.wait_ready(f"http://127.0.0.1:{ports['WT_ARCHIVER_PORT']}/readyz")
+    deadline = time.monotonic() + 60
+    while "stack ready" not in stack.output:
+        assert time.monotonic() < deadline, stack.output
+        time.sleep(0.2)
+    line = next(row for row in stack.output.splitlines() if row.startswith("archiver "))
+    archiver_pid = int(line.split()[1])
+    os.kill(archiver_pid, signal.SIGKILL)
+    while "it is not restarted" not in stack.output:
+        assert time.monotonic() < deadline + 30, stack.output
+        time.sleep(0.2)
+    assert "archiver exited with code -9" in stack.output
+    time.sleep(1)
+    assert stack.proc is not None
+    children = Path(f"/proc/{stack.proc.pid}/task/{stack.proc.pid}/children").read_text().split()
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
+    assert len(commands) == 3  # ingest, counter, gateway: no new archiver
+    assert [b"serve", b"archiver"] not in [c[-3:-1] for c in commands]
+    assert stack.stop() == 1  # stopped, but not cleanly: one service had died
+    assert "exited (-9)" in stack.output and "exited (0)" in stack.output

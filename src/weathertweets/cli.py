@@ -68,6 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_services(args, [args.service])
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from weathertweets.stack import run_stack
+
+    settings = _settings(args)
+    return run_stack(settings, args.log_dir or settings.data_dir / "logs")
+
+
 def cmd_gen_data(args: argparse.Namespace) -> int:
     from weathertweets.gendata import generate, write
 
@@ -134,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(serve)
     serve.add_argument("--ingest-target", help="host:port of ingest, for the gateway")
     serve.set_defaults(func=cmd_serve)
+
+    stack = command(
+        "stack", "run the four services as separate processes; report, never restart, failures"
+    )
+    _add_server_flags(stack)
+    stack.add_argument("--log-dir", type=Path, help="one log per service (default <data-dir>/logs)")
+    stack.set_defaults(func=cmd_stack)
 
     gen = command("gen-data", "write realistic tweets (Spanish texts, 90 countries) to a file")
     gen.add_argument("-n", type=int, default=10_000, help="how many tweets (default 10000)")

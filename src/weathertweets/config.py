@@ -28,9 +28,13 @@ class Settings:
     )
     topic: str = field(default_factory=lambda: _env("WT_TOPIC", "messages"))
     partitions: int = field(default_factory=lambda: int(_env("WT_PARTITIONS", "3")))
+    store_collection: str = field(default_factory=lambda: _env("WT_STORE_COLLECTION", "register"))
     counter_prefix: str = field(default_factory=lambda: _env("WT_COUNTER_PREFIX", "wt:"))
     max_batch: int = field(default_factory=lambda: int(_env("WT_MAX_BATCH", "10000")))
     log_level: str = field(default_factory=lambda: _env("WT_LOG_LEVEL", "info"))
+    prometheus_targets_file: str = field(
+        default_factory=lambda: _env("WT_PROMETHEUS_TARGETS_FILE", "")
+    )
 
     def resolve(self) -> Settings:
         """Fill what was left empty: the embedded backends under data_dir, ingest on loopback."""
@@ -56,7 +60,9 @@ ENVIRONMENT = {
     "WT_INGEST_METRICS_PORT": "ingest HTTP port: /metrics and probes (default: 8002)",
     "WT_TOPIC": "broker topic (default: messages)",
     "WT_PARTITIONS": "partitions when the topic is created (default: 3)",
+    "WT_STORE_COLLECTION": "MongoDB collection of the archive (default: register)",
     "WT_COUNTER_PREFIX": "prefix of the Redis keys (default: wt:)",
     "WT_MAX_BATCH": "most tweets in one POST /api/v1/tweets (default: 10000)",
     "WT_LOG_LEVEL": "debug, info, warning or error (default: info)",
+    "WT_PROMETHEUS_TARGETS_FILE": "`stack` writes its services' /metrics addresses here (file_sd)",
 }

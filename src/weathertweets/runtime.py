@@ -155,11 +155,21 @@ async def run(
         store: Store | None = None
         counters: Counters | None = None
         if {"ingest", "archiver", "counter"} & set(services):
-            broker = await stack.enter_async_context(started(open_broker(settings.broker_url)))
+            broker = await stack.enter_async_context(
+                started(
+                    open_broker(
+                        settings.broker_url, topic=settings.topic, partitions=settings.partitions
+                    )
+                )
+            )
         if {"gateway", "archiver"} & set(services):
-            store = await stack.enter_async_context(started(open_store(settings.store_url)))
+            store = await stack.enter_async_context(
+                started(open_store(settings.store_url, collection=settings.store_collection))
+            )
         if {"gateway", "counter"} & set(services):
-            counters = await stack.enter_async_context(started(open_counters(settings.counter_url)))
+            counters = await stack.enter_async_context(
+                started(open_counters(settings.counter_url, prefix=settings.counter_prefix))
+            )
 
         if "archiver" in services:
             assert broker is not None and store is not None

@@ -1,4 +1,13 @@
-"""Adapters for the three ports, chosen by URL scheme (see DESIGN §3 and docs/architecture.md)."""
+"""Adapters for the three ports, chosen by URL scheme (see docs/architecture.md).
+
+| port     | embedded (default) | real engine                      |
+|----------|--------------------|----------------------------------|
+| broker   | `sqlite:///…`      | `kafka://host:9092[,host:port]`  |
+| store    | `sqlite:///…`      | `mongodb://host:27017/database`  |
+| counters | `sqlite:///…`      | `redis://host:6379/0`            |
+
+Engine clients are imported only when their scheme is used.
+"""
 
 from __future__ import annotations
 
@@ -20,24 +29,33 @@ def _scheme(url: str, kind: str, known: tuple[str, ...]) -> str:
     return scheme
 
 
-def open_broker(url: str) -> Broker:
-    _scheme(url, "broker", ("sqlite",))
+def open_broker(url: str, *, topic: str = "messages", partitions: int = 3) -> Broker:
+    if _scheme(url, "broker", ("sqlite", "kafka")) == "kafka":
+        from weathertweets.backends.kafka import KafkaBroker
+
+        return KafkaBroker(url, topic, partitions)
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_broker import SqliteBroker
 
     return SqliteBroker(path_from_url(url))
 
 
-def open_store(url: str) -> Store:
-    _scheme(url, "store", ("sqlite",))
+def open_store(url: str, *, collection: str = "register") -> Store:
+    if _scheme(url, "store", ("sqlite", "mongodb")) == "mongodb":
+        from weathertweets.backends.mongo import MongoStore
+
+        return MongoStore(url, collection)
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_store import SqliteStore
 
     return SqliteStore(path_from_url(url))
 
 
-def open_counters(url: str) -> Counters:
-    _scheme(url, "counters", ("sqlite",))
+def open_counters(url: str, *, prefix: str = "wt:") -> Counters:
+    if _scheme(url, "counters", ("sqlite", "redis")) == "redis":
+        from weathertweets.backends.redis_counters import RedisCounters
+
+        return RedisCounters(url, prefix)
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_counters import SqliteCounters
 

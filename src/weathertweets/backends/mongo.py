@@ -1,0 +1,87 @@
+"""MongoDB archive via pymongo's native async API (also works against FerretDB).
+
+`mongodb://host:27017/weathertweets` — the database is the URL's path (default `weathertweets`),
+the collection is a setting (default `register`, the seed's). Documents are keyed by the tweet
+id, so a replayed batch inserts nothing new: duplicate-key errors are expected, not failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+
+from weathertweets.domain import Tweet
+from weathertweets.ports import ArchivedTweet, BackendUnavailable
+
+DUPLICATE_KEY = 11000
+
+
+class MongoStore:
+    def __init__(self, url: str, collection: str = "register") -> None:
+        database = urlsplit(url).path.strip("/") or "weathertweets"
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=5000, connect=False
+        )
+        self._collection = self._client[database][collection]
+
+    async def start(self) -> None:
+        try:
+            await self._collection.create_index("pais")
+            await self._collection.create_index("received_at")
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+
+    async def archive(self, docs: Sequence[ArchivedTweet]) -> None:
+        if not docs:
+            return
+        documents = [
+            {
+                "_id": d.tweet.id,
+                "texto": d.tweet.texto,
+                "pais": d.tweet.pais,
+                "received_at": d.tweet.received_at,
+                "archived_at": d.archived_at,
+            }
+            for d in docs
+        ]
+        try:
+            await self._collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
+            if others or error.details.get("writeConcernErrors"):
+                raise BackendUnavailable(f"MongoDB refused documents: {others[:1]}") from error
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+
+    async def recent(self, pais: str | None, limit: int) -> list[ArchivedTweet]:
+        query = {} if pais is None else {"pais": pais}
+        try:
+            cursor = self._collection.find(query).sort([("received_at", -1), ("_id", -1)])
+            found = await cursor.limit(limit).to_list(limit)
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+        return [
+            ArchivedTweet(
+                Tweet(d["_id"], d["texto"], d["pais"], d["received_at"]), d["archived_at"]
+            )
+            for d in found
+        ]
+
+    async def count(self) -> int:
+        try:
+            return await self._collection.count_documents({})
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+
+    async def ping(self) -> None:
+        try:
+            await self._client.admin.command("ping")
+        except (ConnectionFailure, PyMongoError) as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+
+    async def close(self) -> None:
+        await self._client.close()

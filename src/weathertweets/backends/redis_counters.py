@@ -1,0 +1,143 @@
+"""Redis counters via redis-py asyncio (hiredis parser), keyed for Grafana's Redis datasource.
+
+Keys (prefix default `wt:`): `total` (string), `countries` (hash pais→n), `texts` (hash texto→n),
+`country:<pais>` (hash texto→n, the seed's `HINCRBY pais texto 1`), `rank:countries` and
+`rank:texts` (sorted sets, for top-N), `recent` (stream, capped), and `offsets:<group>` (hash
+partition→next offset). One Lua script per batch checks the offsets, applies the increments
+and moves the offsets, atomically: a replayed record is skipped, never counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from weathertweets.ports import BackendUnavailable, CountedTweet, Stats
+
+RECENT_MAX = 1000  # entries kept in the `recent` stream (approximately)
+RECENT_PER_BATCH = 200  # the newest tweets of a batch that go to the stream
+
+# ARGV: prefix, group ('' = direct increments, no offsets), recent_max, recent_per_batch,
+# then partition, offset, pais, texto for each record.
+APPLY = """
+local prefix, group = ARGV[1], ARGV[2]
+local recent_max, recent_per_batch = tonumber(ARGV[3]), tonumber(ARGV[4])
+local offsets_key = prefix .. 'offsets:' .. group
+local next_offset, countries, texts, by_country, fresh = {}, {}, {}, {}, {}
+for i = 5, #ARGV, 4 do
+  local partition, offset = ARGV[i], tonumber(ARGV[i + 1])
+  local start = 0
+  if group ~= '' then
+    start = next_offset[partition]
+    if start == nil then
+      start = tonumber(redis.call('HGET', offsets_key, partition) or 0)
+    end
+  end
+  if offset >= start then
+    local pais, texto = ARGV[i + 2], ARGV[i + 3]
+    countries[pais] = (countries[pais] or 0) + 1
+    texts[texto] = (texts[texto] or 0) + 1
+    local per = by_country[pais] or {}
+    per[texto] = (per[texto] or 0) + 1
+    by_country[pais] = per
+    fresh[#fresh + 1] = i
+    start = offset + 1
+  end
+  if group ~= '' then next_offset[partition] = start end
+end
+if #fresh > 0 then
+  redis.call('INCRBY', prefix .. 'total', #fresh)
+end
+for pais, n in pairs(countries) do
+  redis.call('HINCRBY', prefix .. 'countries', pais, n)
+  redis.call('ZINCRBY', prefix .. 'rank:countries', n, pais)
+end
+for texto, n in pairs(texts) do
+  redis.call('HINCRBY', prefix .. 'texts', texto, n)
+  redis.call('ZINCRBY', prefix .. 'rank:texts', n, texto)
+end
+for pais, per in pairs(by_country) do
+  for texto, n in pairs(per) do
+    redis.call('HINCRBY', prefix .. 'country:' .. pais, texto, n)
+  end
+end
+for k = math.max(1, #fresh - recent_per_batch + 1), #fresh do
+  local i = fresh[k]
+  redis.call('XADD', prefix .. 'recent', 'MAXLEN', '~', recent_max, '*',
+             'pais', ARGV[i + 2], 'texto', ARGV[i + 3])
+end
+for partition, offset in pairs(next_offset) do
+  redis.call('HSET', offsets_key, partition, offset)
+end
+return #fresh
+"""
+
+
+def _by_count(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[str, int]]:
+    """Most counted first, then by name, as the embedded counters order them."""
+    return sorted(((str(k), int(n)) for k, n in pairs), key=lambda kn: (-kn[1], kn[0]))
+
+
+class RedisCounters:
+    def __init__(self, url: str, prefix: str = "wt:") -> None:
+        self.prefix = prefix
+        self._redis = Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        self._apply = self._redis.register_script(APPLY)
+
+    async def start(self) -> None:
+        await self.ping()
+
+    async def _run(self, group: str, tweets: Sequence[CountedTweet]) -> int:
+        args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH]
+        for t in tweets:
+            args += [t.partition, t.offset, t.pais, t.texto]
+        try:
+            return int(await self._apply(args=args))
+        except RedisError as error:
+            raise BackendUnavailable(f"Redis: {error}") from error
+
+    async def apply(self, group: str, tweets: Sequence[CountedTweet]) -> int:
+        if not group:
+            raise ValueError("a consumer group name is required")
+        return await self._run(group, tweets) if tweets else 0
+
+    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
+        await self._run("", [CountedTweet(0, 0, pais, texto)] * by)
+
+    async def stats(self, top: int = 10) -> Stats:
+        p = self.prefix
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(f"{p}total")
+                pipe.hgetall(f"{p}countries")
+                pipe.zrevrange(f"{p}rank:texts", 0, top - 1, withscores=True)
+                total, countries, texts = await pipe.execute()
+        except RedisError as error:
+            raise BackendUnavailable(f"Redis: {error}") from error
+        ordered = sorted(
+            ((k, int(v)) for k, v in countries.items()), key=lambda kv: (-kv[1], kv[0])
+        )
+        top_texts = sorted(((str(t), int(n)) for t, n in texts), key=lambda tn: (-tn[1], tn[0]))
+        return Stats(int(total or 0), dict(ordered), top_texts)
+
+    async def country(self, pais: str) -> dict[str, int]:
+        try:
+            texts = await self._redis.hgetall(f"{self.prefix}country:{pais}")
+        except RedisError as error:
+            raise BackendUnavailable(f"Redis: {error}") from error
+        ordered = sorted(
+            ((str(t), int(n)) for t, n in texts.items()), key=lambda tn: (-tn[1], tn[0])
+        )
+        return dict(ordered)
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except RedisError as error:
+            raise BackendUnavailable(f"Redis: {error}") from error
+
+    async def close(self) -> None:
+        await self._redis.aclose()

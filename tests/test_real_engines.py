@@ -1,0 +1,135 @@
+"""The pipeline over Kafka, MongoDB (wire) and Redis, as separate processes, with Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServiceProcess, free_port
+from tests.engines import RealNamespace, require_engines
+from weathertweets.gendata import generate
+from weathertweets.loadgen import run_load
+
+pytestmark = pytest.mark.e2e
+
+
+def _ports() -> dict[str, str]:
+    return {
+        "WT_PORT": str(free_port()),
+        "WT_INGEST_PORT": str(free_port()),
+        "WT_INGEST_METRICS_PORT": str(free_port()),
+        "WT_ARCHIVER_PORT": str(free_port()),
+        "WT_COUNTER_PORT": str(free_port()),
+    }
+
+
+def _send(url: str, records: list[dict[str, str]], batch: int) -> int:
+    outcome = asyncio.run(
+        run_load(url, records, total=len(records), concurrency=16, rate=0, batch=batch)
+    )
+    assert (outcome.rejected, outcome.errors) == (0, 0), outcome.statuses
+    return outcome.accepted
+
+
+def _prometheus_query(base: str, query: str) -> list[dict[str, object]]:
+    response = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5)
+    response.raise_for_status()
+    result: list[dict[str, object]] = response.json()["data"]["result"]
+    return result
+
+
+def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
+    namespace = RealNamespace.fresh()
+    env = {**namespace.env, **_ports(), "WT_DATA_DIR": str(tmp_path)}
+    stack = ServiceProcess(["stack"], tmp_path / "stack.log", env).start()
+    gateway = f"http://127.0.0.1:{env['WT_PORT']}"
+    try:
+        stack.wait_ready(gateway + "/readyz", timeout=90)
+        deadline = time.monotonic() + 60
+        while "stack ready" not in stack.output and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "stack ready" in stack.output
+        records = generate(20_000, seed=21)
+        accepted = _send(gateway, records[:5000], batch=0)
+        accepted += _send(gateway, records[5000:], batch=500)
+        assert accepted == 20_000
+        countries = namespace.wait_exact(20_000)
+        assert countries == dict(Counter(r["pais"] for r in records))
+
+        prometheus = require_engines()["WT_PROMETHEUS_URL"]
+        ports = {env[k] for k in ("WT_PORT", "WT_INGEST_METRICS_PORT", "WT_ARCHIVER_PORT")}
+        ports.add(env["WT_COUNTER_PORT"])
+        deadline = time.monotonic() + 60
+        while True:
+            up = _prometheus_query(prometheus, 'up{job="weathertweets"} == 1')
+            scraped = {str(r["metric"]["instance"]).rsplit(":", 1)[1] for r in up}  # type: ignore[index]
+            processed = _prometheus_query(
+                prometheus, 'sum(weathertweets_records_processed_total{group="archiver"})'
+            )
+            done = processed and float(processed[0]["value"][1]) >= 20_000  # type: ignore[index]
+            if ports <= scraped and done:
+                break
+            assert time.monotonic() < deadline, f"Prometheus saw {scraped}, {processed}"
+            time.sleep(1)
+    finally:
+        code = stack.stop(timeout=90)
+    assert code == 0, stack.output[-2000:]
+    assert "exited (0)" in stack.output
+
+
+def test_killing_the_consumers_mid_stream_keeps_counts_exact(tmp_path: Path) -> None:
+    namespace = RealNamespace.fresh()
+    env = {**namespace.env, **_ports(), "WT_DATA_DIR": str(tmp_path)}
+    ports = {"ingest": "WT_INGEST_METRICS_PORT", "archiver": "WT_ARCHIVER_PORT"}
+    ports |= {"counter": "WT_COUNTER_PORT", "gateway": "WT_PORT"}
+    services: dict[str, ServiceProcess] = {}
+
+    def start(name: str) -> None:
+        log = tmp_path / f"{name}-{time.monotonic_ns()}.log"
+        services[name] = ServiceProcess(["serve", name], log, env).start()
+        services[name].wait_ready(f"http://127.0.0.1:{env[ports[name]]}/readyz", timeout=90)
+
+    for name in ("ingest", "archiver", "counter", "gateway"):
+        start(name)
+    gateway = f"http://127.0.0.1:{env['WT_PORT']}"
+    records = generate(12_000, seed=31)
+    try:
+        accepted = _send(gateway, records[:4000], batch=0)
+        services["archiver"].kill()  # SIGKILL, mid-stream: the broker holds the backlog
+        services["counter"].kill()
+        accepted += _send(gateway, records[4000:8000], batch=100)
+        start("archiver")
+        start("counter")
+        accepted += _send(gateway, records[8000:], batch=0)
+        services["archiver"].kill()  # and once more while they catch up
+        start("archiver")
+        assert accepted == 12_000
+        countries = namespace.wait_exact(12_000)
+        assert countries == dict(Counter(r["pais"] for r in records))
+    finally:
+        for service in services.values():
+            service.stop(timeout=60)
+
+
+def test_up_accepts_real_engine_urls(tmp_path: Path) -> None:
+    namespace = RealNamespace.fresh()
+    env = {**namespace.env, **_ports()}
+    up = ServiceProcess(["up", "--data-dir", str(tmp_path)], tmp_path / "up.log", env).start()
+    gateway = f"http://127.0.0.1:{env['WT_PORT']}"
+    try:
+        up.wait_ready(gateway + "/readyz", timeout=90)
+        assert _send(gateway, generate(500, seed=41), batch=0) == 500
+        namespace.wait_exact(500)
+        stats = httpx.get(gateway + "/api/v1/stats").json()
+        assert stats["total"] == stats["archived"] == 500
+        recent = httpx.get(gateway + "/api/v1/tweets", params={"limit": 5}).json()["tweets"]
+        assert len(recent) == 5
+        assert recent == sorted(recent, key=lambda t: t["received_at"], reverse=True)
+    finally:
+        assert up.stop(timeout=60) == 0
+    assert not (tmp_path / "broker.db").exists()  # nothing fell back to the embedded files

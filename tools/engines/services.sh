@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Install (the first time) and run the real engines on 127.0.0.1, on non-default ports:
+# Apache Kafka (KRaft, from Maven Central jars), Redis (Debian), a MongoDB-wire server
+# (FerretDB v1 embedded in tools/engines/ferretdb), Prometheus (Debian).
+#
+#   tools/engines/services.sh up       # idempotent; writes .services.env
+#   tools/engines/services.sh down     # idempotent
+#   tools/engines/services.sh status
+#
+# Downloads and builds are cached in .cache/engines; data, logs and pids live in .cache/run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$ROOT/tools/engines
+CACHE=$ROOT/.cache/engines
+RUN=$ROOT/.cache/run
+ENV_FILE=$ROOT/.services.env
+
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/kafka/pom.xml")
+KAFKA_LIB=$CACHE/kafka-$KAFKA_VERSION
+FERRETDB_BIN=$CACHE/bin/ferretdb-embedded
+
+KAFKA_PORT=${WT_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${WT_KAFKA_CONTROLLER_PORT:-19093}
+REDIS_PORT=${WT_REDIS_PORT:-16379}
+MONGO_PORT=${WT_MONGO_PORT:-27018}
+PROMETHEUS_PORT=${WT_PROMETHEUS_PORT:-19090}
+TARGETS=$RUN/prometheus/targets.json
+
+say() { printf '%s\n' "services: $*"; }
+die() { printf '%s\n' "services: error: $*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port seconds log
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$2" && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$4" >&2 || true
+  die "$1 did not open port $2 within $3 s (log: $4)"
+}
+
+running() { # name
+  local pid_file=$RUN/$1.pid
+  [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+launch() { # name port log command...
+  local name=$1 port=$2 log=$3
+  shift 3
+  port_open "$port" && die "port $port is taken by another program; stop it or set WT_*_PORT"
+  mkdir -p "$(dirname "$log")"
+  setsid nohup "$@" >>"$log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+# --- installation ----------------------------------------------------------------------------
+
+install_debian_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  ((${#missing[@]} == 0)) && return 0
+  [[ $(id -u) == 0 ]] || die "install ${missing[*]} (Debian packages), or run this as root"
+  say "installing ${missing[*]} from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages start system services where an init system runs; ours run on our own ports.
+  command -v systemctl >/dev/null && systemctl disable --now redis-server prometheus 2>/dev/null || true
+}
+
+install_kafka() {
+  local stamp
+  stamp=$(sha256sum "$HERE/kafka/pom.xml" | cut -d' ' -f1)
+  [[ -f $KAFKA_LIB/.complete && $(cat "$KAFKA_LIB/.complete") == "$stamp" ]] && return 0
+  command -v java >/dev/null || die "Kafka needs Java 17+ (Debian: openjdk-17-jre-headless)"
+  command -v mvn >/dev/null || die "fetching Kafka needs Maven (Debian: maven)"
+  say "fetching Apache Kafka $KAFKA_VERSION from Maven Central (once)"
+  rm -rf "$KAFKA_LIB"
+  mkdir -p "$CACHE"
+  (cd "$HERE/kafka" && mvn -B -q dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_LIB") >"$CACHE/maven.log" 2>&1 ||
+    { tail -n 30 "$CACHE/maven.log" >&2; die "Maven could not fetch Kafka (log: $CACHE/maven.log)"; }
+  echo "$stamp" >"$KAFKA_LIB/.complete"
+}
+
+install_ferretdb() {
+  local sources=("$HERE/ferretdb/main.go" "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum")
+  if [[ -x $FERRETDB_BIN ]]; then
+    local newer
+    newer=$(find "${sources[@]}" -newer "$FERRETDB_BIN" | head -n 1)
+    [[ -z $newer ]] && return 0
+  fi
+  command -v go >/dev/null || die "building the MongoDB-wire server needs Go 1.24+"
+  say "building FerretDB (embedded, SQLite storage) with Go (once)"
+  mkdir -p "$(dirname "$FERRETDB_BIN")"
+  (cd "$HERE/ferretdb" && go build -trimpath -o "$FERRETDB_BIN" .)
+}
+
+# --- servers ---------------------------------------------------------------------------------
+
+start_redis() {
+  running redis && return 0
+  local dir=$RUN/redis
+  mkdir -p "$dir"
+  launch redis "$REDIS_PORT" "$dir/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --dir "$dir" --appendonly yes --appendfsync always --save "" --daemonize no
+  wait_port redis "$REDIS_PORT" 20 "$dir/redis.log"
+}
+
+start_kafka() {
+  running kafka && return 0
+  local dir=$RUN/kafka
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  local java=(java -Xms256m -Xmx512m -XX:+UseG1GC "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.xml"
+    -cp "$KAFKA_LIB/*")
+  if [[ ! -f $dir/data/meta.properties ]]; then
+    local cluster_id
+    cluster_id=$("${java[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
+    "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+      >>"$dir/kafka.log" 2>&1
+  fi
+  launch kafka "$KAFKA_PORT" "$dir/kafka.log" "${java[@]}" kafka.Kafka "$dir/server.properties"
+  wait_port kafka "$KAFKA_PORT" 90 "$dir/kafka.log"
+}
+
+start_mongo() {
+  running ferretdb && return 0
+  local dir=$RUN/ferretdb
+  mkdir -p "$dir/data"
+  launch ferretdb "$MONGO_PORT" "$dir/ferretdb.log" "$FERRETDB_BIN" -listen "127.0.0.1:$MONGO_PORT" -dir "$dir/data"
+  wait_port ferretdb "$MONGO_PORT" 30 "$dir/ferretdb.log"
+}
+
+start_prometheus() {
+  running prometheus && return 0
+  local dir=$RUN/prometheus
+  mkdir -p "$dir/tsdb"
+  if [[ ! -f $TARGETS ]]; then # the default ports of `weathertweets stack`
+    cat >"$TARGETS" <<JSON
+[{"targets": ["127.0.0.1:8080"], "labels": {"service": "gateway"}},
+ {"targets": ["127.0.0.1:8002"], "labels": {"service": "ingest"}},
+ {"targets": ["127.0.0.1:8001"], "labels": {"service": "archiver"}},
+ {"targets": ["127.0.0.1:8000"], "labels": {"service": "counter"}}]
+JSON
+  fi
+  sed "s:@TARGETS@:$TARGETS:" "$HERE/prometheus.yml.in" >"$dir/prometheus.yml"
+  launch prometheus "$PROMETHEUS_PORT" "$dir/prometheus.log" prometheus --config.file="$dir/prometheus.yml" \
+    --storage.tsdb.path="$dir/tsdb" --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+    --storage.tsdb.retention.time=2d
+  wait_port prometheus "$PROMETHEUS_PORT" 30 "$dir/prometheus.log"
+}
+
+write_env() {
+  cat >"$ENV_FILE" <<ENV
+# Written by \`make services\`: set -a; . ./.services.env; set +a
+WT_BROKER_URL=kafka://127.0.0.1:$KAFKA_PORT
+WT_STORE_URL=mongodb://127.0.0.1:$MONGO_PORT/weathertweets
+WT_COUNTER_URL=redis://127.0.0.1:$REDIS_PORT/0
+WT_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
+WT_PROMETHEUS_TARGETS_FILE=$TARGETS
+ENV
+}
+
+status() {
+  printf '%-11s %-8s %-9s %s\n' service state pid address
+  local name port pid state
+  for name in kafka redis ferretdb prometheus; do
+    case $name in
+    kafka) port=$KAFKA_PORT ;;
+    redis) port=$REDIS_PORT ;;
+    ferretdb) port=$MONGO_PORT ;;
+    prometheus) port=$PROMETHEUS_PORT ;;
+    esac
+    pid=-
+    state=stopped
+    if running "$name"; then
+      pid=$(cat "$RUN/$name.pid")
+      state=running
+    fi
+    printf '%-11s %-8s %-9s %s\n' "$name" "$state" "$pid" "127.0.0.1:$port"
+  done
+  [[ -f $ENV_FILE ]] && printf 'environment: %s\n' "$ENV_FILE"
+  return 0
+}
+
+up() {
+  mkdir -p "$RUN" "$RUN/prometheus"
+  install_debian_packages
+  install_kafka
+  install_ferretdb
+  start_redis
+  start_mongo
+  start_prometheus
+  start_kafka
+  write_env
+  status
+}
+
+down() {
+  local name pid i
+  for name in prometheus kafka ferretdb redis; do
+    running "$name" || { rm -f "$RUN/$name.pid"; continue; }
+    pid=$(cat "$RUN/$name.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 300; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    rm -f "$RUN/$name.pid"
+    say "stopped $name (pid $pid)"
+  done
+  status
+}
+
+case ${1:-up} in
+up) up ;;
+down) down ;;
+status) status ;;
+*) die "usage: $0 up|down|status" ;;
+esac
