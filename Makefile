@@ -3,9 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PY_SOURCES := src tests locustfile.py build_protos.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py
 
-.PHONY: install run test lint format unit e2e services services-down services-status bench clean
+.PHONY: install run test lint format unit e2e services services-down services-status chart dashboards bench clean
 
 install: $(STAMP)
 
@@ -31,12 +31,18 @@ format: install
 # running afterwards). On a machine without them: `make test ENGINES=0` runs the rest.
 # pytest exits 5 when it collected no tests: that is a broken suite here, never a pass.
 ENGINES ?= 1
-test: lint $(if $(filter 1,$(ENGINES)),services)
+test: lint $(if $(filter 1,$(ENGINES)),chart services)
 	@WT_REQUIRE_ENGINES=$(ENGINES) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 services:
 	tools/engines/services.sh up
+
+chart: install
+	tools/chart/render.sh
+
+dashboards: install
+	$(BIN)/python tools/dashboards.py
 
 services-down:
 	tools/engines/services.sh down

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from tests.conftest import ServiceProcess, free_port
+from tests.dashboard_queries import PromQuery, RedisQuery, all_queries
 from tests.engines import RealNamespace, require_engines
 from weathertweets.gendata import generate
 from weathertweets.loadgen import run_load
@@ -76,10 +78,49 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, f"Prometheus saw {scraped}, {processed}"
             time.sleep(1)
+        for body in (b"{", b'{"texto": ""}', b"[]"):  # for the rejections panel
+            httpx.post(
+                gateway + "/input", content=body, headers={"content-type": "application/json"}
+            )
+        _run_every_dashboard_query(namespace, prometheus, top_country=countries)
     finally:
         code = stack.stop(timeout=90)
     assert code == 0, stack.output[-2000:]
     assert "exited (0)" in stack.output
+
+
+def _run_every_dashboard_query(
+    namespace: RealNamespace, prometheus: str, top_country: dict[str, int]
+) -> None:
+    """Each Redis command and PromQL expression of the dashboards returns data."""
+    pais = max(top_country, key=lambda name: top_country[name])
+    substitutions = {
+        "${prefix}": namespace.env["WT_COUNTER_PREFIX"],
+        "$pais": pais,
+        "$__rate_interval": "1m",
+        "$namespace": "project",
+    }
+
+    def fill(text: str) -> str:
+        for variable, value in substitutions.items():
+            text = text.replace(variable, value)
+        return text
+
+    queries = all_queries()
+    assert sum(isinstance(q, RedisQuery) for q in queries) >= 8
+    assert sum(isinstance(q, PromQuery) for q in queries) >= 12
+    with Redis.from_url(namespace.env["WT_COUNTER_URL"], decode_responses=True) as redis:
+        for query in queries:
+            if isinstance(query, RedisQuery):
+                answer = redis.execute_command(*(fill(arg) for arg in query.args))
+                assert answer, f"{query.where}: {query.args} returned {answer!r}"
+    deadline = time.monotonic() + 60
+    pending = [q for q in queries if isinstance(q, PromQuery)]
+    while pending:  # rates need two scrapes after the load: give them time
+        pending = [q for q in pending if not _prometheus_query(prometheus, fill(q.expr))]
+        if pending and time.monotonic() > deadline:
+            raise AssertionError("no data: " + "; ".join(f"{q.where}: {q.expr}" for q in pending))
+        time.sleep(2 if pending else 0)
 
 
 def test_killing_the_consumers_mid_stream_keeps_counts_exact(tmp_path: Path) -> None:

@@ -32,6 +32,15 @@ class Settings:
     counter_prefix: str = field(default_factory=lambda: _env("WT_COUNTER_PREFIX", "wt:"))
     max_batch: int = field(default_factory=lambda: int(_env("WT_MAX_BATCH", "10000")))
     log_level: str = field(default_factory=lambda: _env("WT_LOG_LEVEL", "info"))
+    energy_min_watts: float = field(
+        default_factory=lambda: float(_env("WT_ENERGY_MIN_WATTS", "0.71"))
+    )
+    energy_max_watts: float = field(
+        default_factory=lambda: float(_env("WT_ENERGY_MAX_WATTS", "4.26"))
+    )
+    grid_gco2_per_kwh: float = field(
+        default_factory=lambda: float(_env("WT_GRID_GCO2_PER_KWH", "475"))
+    )
     prometheus_targets_file: str = field(
         default_factory=lambda: _env("WT_PROMETHEUS_TARGETS_FILE", "")
     )
@@ -64,5 +73,8 @@ ENVIRONMENT = {
     "WT_COUNTER_PREFIX": "prefix of the Redis keys (default: wt:)",
     "WT_MAX_BATCH": "most tweets in one POST /api/v1/tweets (default: 10000)",
     "WT_LOG_LEVEL": "debug, info, warning or error (default: info)",
+    "WT_ENERGY_MIN_WATTS": "energy model: watts of an idle vCPU (default: 0.71)",
+    "WT_ENERGY_MAX_WATTS": "energy model: watts of a busy vCPU (default: 4.26)",
+    "WT_GRID_GCO2_PER_KWH": "grid carbon intensity, gCO2e per kWh (default: 475)",
     "WT_PROMETHEUS_TARGETS_FILE": "`stack` writes its services' /metrics addresses here (file_sd)",
 }

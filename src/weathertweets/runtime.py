@@ -10,12 +10,13 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
+from weathertweets import energy
 from weathertweets.backends import open_broker, open_counters, open_store
 from weathertweets.config import Settings
 from weathertweets.ports import Broker, Consumer, Counters, Store
@@ -138,7 +139,7 @@ def _install_signal_handlers(stopping: asyncio.Event) -> None:
 
 async def run(
     settings: Settings,
-    services: Collection[str],
+    services: Sequence[str],
     *,
     announce: Callable[[str], None] = print,
     stopping: asyncio.Event | None = None,
@@ -149,6 +150,8 @@ async def run(
         raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
+    service_label = services[0] if len(services) == 1 else "all"
+    energy.register(service_label, settings.energy_min_watts, settings.energy_max_watts)
     alone = len(services) == 1
     async with AsyncExitStack() as stack:
         broker: Broker | None = None
