@@ -5,12 +5,20 @@
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
+FROM node:20.18.1-bookworm-slim AS assets
+WORKDIR /assets
+COPY tools/assets/package.json tools/assets/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/weathertweets
 COPY pyproject.toml README.md build_protos.py ./
 COPY src ./src
+# The dashboard's world map (CC BY 4.0), vendored at build time, never committed.
+COPY --from=assets /assets/node_modules/@svg-maps/world/world.svg src/weathertweets/static/vendor/world.svg
+COPY --from=assets /assets/node_modules/@svg-maps/world/LICENSE.md src/weathertweets/static/vendor/world-LICENSE.md
 # Building the wheel runs build_protos.py: the gRPC stubs are generated here, never copied in.
 RUN /opt/weathertweets/bin/pip install ".[locust]" \
  && /opt/weathertweets/bin/python -m compileall -q /opt/weathertweets

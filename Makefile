@@ -5,14 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py
 
-.PHONY: install run test lint format unit e2e services services-down services-status chart dashboards bench clean
+.PHONY: install run test lint format unit e2e services services-down services-status chart browser dashboards bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml build_protos.py src/weathertweets/proto/*.proto
+$(STAMP): pyproject.toml build_protos.py src/weathertweets/proto/*.proto tools/assets/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	tools/assets/vendor.sh
 	@touch $(STAMP)
 
 run: install
@@ -31,7 +32,7 @@ format: install
 # running afterwards). On a machine without them: `make test ENGINES=0` runs the rest.
 # pytest exits 5 when it collected no tests: that is a broken suite here, never a pass.
 ENGINES ?= 1
-test: lint $(if $(filter 1,$(ENGINES)),chart services)
+test: lint $(if $(filter 1,$(ENGINES)),chart services browser)
 	@WT_REQUIRE_ENGINES=$(ENGINES) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -40,6 +41,9 @@ services:
 
 chart: install
 	tools/chart/render.sh
+
+browser:
+	tools/browser/install.sh
 
 dashboards: install
 	$(BIN)/python tools/dashboards.py

@@ -192,3 +192,20 @@ def test_stack_reports_a_dead_service_and_never_restarts_it(tmp_path: Path) -> N
     assert [b"serve", b"archiver"] not in [c[-3:-1] for c in commands]
     assert stack.stop() == 1  # stopped, but not cleanly: one service had died
     assert "exited (-9)" in stack.output and "exited (0)" in stack.output
+
+
+def test_live_events_stream_and_do_not_hold_up_a_shutdown(pipeline: Pipeline) -> None:
+    pipeline.start()
+    httpx.post(pipeline.url + "/input", json={"texto": "Niebla", "pais": "Chile"})
+    pipeline.wait_settled(1)
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("GET", pipeline.url + "/api/v1/live") as events,
+    ):
+        assert events.headers["content-type"] == "text/event-stream"
+        first = next(line for line in events.iter_lines() if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["weather"]["Chile"]["dominant"] == "fog"
+        assert pipeline.process is not None
+        started = time.monotonic()
+        assert pipeline.process.stop() == 0
+        assert time.monotonic() - started < 10  # the open stream was ended, not waited for

@@ -12,9 +12,11 @@ import pytest
 from weathertweets.backends.sqlite_counters import SqliteCounters
 from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.domain import Tweet
+from weathertweets.energy import EnergyModel
 from weathertweets.ports import BackendUnavailable
 from weathertweets.services.counter import set_handler
 from weathertweets.services.gateway import Gateway
+from weathertweets.services.live import LiveFeed
 
 
 class RecordingPublisher:
@@ -44,12 +46,14 @@ async def client(tmp_path: Path, publisher: RecordingPublisher) -> AsyncIterator
     store, counters = SqliteStore(tmp_path / "s.db"), SqliteCounters(tmp_path / "c.db")
     await store.start()
     await counters.start()
+    live = LiveFeed(store, counters, EnergyModel("gateway", 0.71, 4.26), 475, "test process")
     gateway = Gateway(
         publisher,
         store,
         counters,
         max_batch=100,
         extra_routes=[("POST", "/set", set_handler(counters))],
+        live=live,
     )
     transport = httpx.ASGITransport(app=gateway.router)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
@@ -205,3 +209,29 @@ async def test_metrics_openapi_and_docs(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert {"/input", "/api/v1/tweets", "/api/v1/stats"} <= set(spec["paths"])
     assert "Weather Tweets API" in (await client.get("/docs")).text
+
+
+async def test_browsers_get_the_page_and_clients_get_json(client: httpx.AsyncClient) -> None:
+    page = await client.get("/", headers={"accept": "text/html,application/xhtml+xml,*/*"})
+    assert page.headers["content-type"].startswith("text/html")
+    assert "EventSource" in (await client.get("/static/dashboard.js")).text
+    assert (await client.get("/", headers={"accept": "application/json"})).json()["dashboard"]
+    assert (await client.get("/")).json()["service"] == "weathertweets"  # curl, the seed's GET /
+    assert (await client.get("/static/nope.js")).status_code == 404
+
+
+async def test_live_snapshot_matches_the_stats(client: httpx.AsyncClient) -> None:
+    await client.post("/set", json={"pais": "Turquía", "texto": "Calor sofocante"})
+    await client.post("/set", json={"pais": "Narnia", "texto": "Nieve"})
+    await client.post("/input", json={"pais": "Chile", "texto": "Sol"})
+    snapshot = (await client.get("/api/v1/dashboard")).json()
+    stats = (await client.get("/api/v1/stats")).json()
+    assert snapshot["total"] == stats["total"] == 2
+    assert snapshot["countries"] == stats["countries"]
+    assert snapshot["map"] == {"iso": {"tr": 1}, "unknown": {"Narnia": 1}}
+    assert snapshot["weather"]["Turquía"] == {"dominant": "heat", "counts": {"heat": 1}}
+    assert snapshot["conditions"] == stats["conditions"] == {"heat": 1, "snow": 1}
+    energy = snapshot["energy"]
+    assert energy["joules"] > 0 and energy["tweets"] >= 1
+    assert energy["joules_per_1000_tweets"] > 0
+    assert "Cloud Carbon Footprint" in energy["model"]

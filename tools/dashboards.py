@@ -173,6 +173,21 @@ def tweets_dashboard() -> dict[str, Any]:
             fieldConfig={"defaults": {"unit": "s"}},
         ),
         panel(
+            "piechart",
+            "Weather conditions",
+            (0, 38, 12, 8),
+            [redis("hgetall", "${prefix}conditions")],
+            transformations=top_n("condition", 9),
+        ),
+        panel(
+            "barchart",
+            "Weather in $pais",
+            (12, 38, 12, 8),
+            [redis("hgetall", "${prefix}conditions:$pais")],
+            transformations=top_n("condition", 9),
+            options={"orientation": "horizontal", "xField": "condition"},
+        ),
+        panel(
             "timeseries",
             "Consumer lag (records)",
             (12, 30, 6, 8),

@@ -126,6 +126,9 @@ def openapi_spec() -> dict[str, Any]:
                 "Texts and counts for one country",
                 [{"name": "pais", "in": "path", "required": True, "schema": {"type": "string"}}],
             ),
+            "/api/v1/conditions": _get(
+                "Weather conditions: totals, and per country its counts and dominant condition"
+            ),
             "/healthz": _get("Alive"),
             "/readyz": _get("Every backend reachable (503 otherwise)"),
             "/metrics": _get("Prometheus metrics"),

@@ -36,6 +36,7 @@ class CountedTweet:
     offset: int
     pais: str
     texto: str
+    condition: str = "other"  # weathertweets.weather.classify(texto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Stats:
     total: int
     countries: dict[str, int]
     top_texts: list[tuple[str, int]] = field(default_factory=list)
+    conditions: dict[str, int] = field(default_factory=dict)
 
 
 class Consumer(Protocol):
@@ -109,13 +111,17 @@ class Counters(Protocol):
         """
         ...
 
-    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
+    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
         """A direct increment outside the broker (the seed's `POST /set`)."""
         ...
 
     async def stats(self, top: int = 10) -> Stats: ...
 
     async def country(self, pais: str) -> dict[str, int]: ...
+
+    async def country_conditions(self) -> dict[str, dict[str, int]]:
+        """{pais: {condition: n}} for every country."""
+        ...
 
     async def ping(self) -> None: ...
 

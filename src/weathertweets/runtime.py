@@ -25,6 +25,7 @@ from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.gateway import Gateway
 from weathertweets.services.ingest import start_ingest_server
 from weathertweets.services.ingest_client import IngestClient
+from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, ops_router
 from weathertweets.web import Handler
 
@@ -151,7 +152,7 @@ async def run(
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
     service_label = services[0] if len(services) == 1 else "all"
-    energy.register(service_label, settings.energy_min_watts, settings.energy_max_watts)
+    model = energy.register(service_label, settings.energy_min_watts, settings.energy_max_watts)
     alone = len(services) == 1
     async with AsyncExitStack() as stack:
         broker: Broker | None = None
@@ -221,12 +222,24 @@ async def run(
             client = await stack.enter_async_context(
                 ingest_client(settings.ingest_target, settings.max_batch)
             )
+            scope = (
+                "this gateway process only; each service exports its own estimate"
+                if alone
+                else "this process, which runs every service"
+            )
+            live = LiveFeed(store, counters, model, settings.grid_gco2_per_kwh, scope)
             gateway = Gateway(
-                client, store, counters, max_batch=settings.max_batch, extra_routes=set_route
+                client,
+                store,
+                counters,
+                max_batch=settings.max_batch,
+                extra_routes=set_route,
+                live=live,
             )
             await stack.enter_async_context(
                 http_server(gateway.router, settings.host, settings.port)
             )
+            stack.push_async_callback(live.close)  # runs first: open dashboards let go at once
             announce(f"gateway: http://{settings.host}:{settings.port}")
 
         announce(f"ready: {', '.join(s for s in SERVICES if s in services)} (Ctrl-C stops)")

@@ -5,8 +5,9 @@ The POST path pays for no framework: one dict lookup to route, one msgspec call 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -56,6 +57,9 @@ class Response:
     body: bytes
     content_type: bytes = JSON_TYPE
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = (
+        None  # sent after `body`, until it ends or the client goes
+    )
 
     @classmethod
     def json(
@@ -171,6 +175,9 @@ class Router:
         HTTP_REQUESTS.labels(self.service, route, str(response.status)).inc()
         if response.status >= 400 and request.method == "POST":
             REJECTED.labels(_reason(response.status)).inc()
+        if response.stream is not None:
+            await _stream(response, receive, send)
+            return
         headers = [
             (b"content-type", response.content_type),
             (b"content-length", str(len(response.body)).encode()),
@@ -178,6 +185,33 @@ class Router:
         ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
+
+
+async def _stream(response: Response, receive: Receive, send: Send) -> None:
+    """Send a streaming response until its iterator ends or the client disconnects."""
+    assert response.stream is not None
+    headers = [(b"content-type", response.content_type), *response.headers]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+
+    async def pump() -> None:
+        assert response.stream is not None
+        await send({"type": "http.response.body", "body": response.body, "more_body": True})
+        async for chunk in response.stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(disconnected())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks[0] in done and tasks[0].exception() is None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _reason(status: int) -> str:

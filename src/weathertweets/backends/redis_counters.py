@@ -2,8 +2,9 @@
 
 Keys (prefix default `wt:`): `total` (string), `countries` (hash pais→n), `texts` (hash texto→n),
 `country:<pais>` (hash texto→n, the seed's `HINCRBY pais texto 1`), `rank:countries` and
-`rank:texts` (sorted sets, for top-N), `recent` (stream, capped), and `offsets:<group>` (hash
-partition→next offset). One Lua script per batch checks the offsets, applies the increments
+`rank:texts` (sorted sets, for top-N), `conditions` (hash condition→n), `conditions:<pais>`
+(hash condition→n), `recent` (stream, capped), and `offsets:<group>` (hash partition→next
+offset). One Lua script per batch checks the offsets, applies the increments
 and moves the offsets, atomically: a replayed record is skipped, never counted twice.
 """
 
@@ -21,13 +22,14 @@ RECENT_MAX = 1000  # entries kept in the `recent` stream (approximately)
 RECENT_PER_BATCH = 200  # the newest tweets of a batch that go to the stream
 
 # ARGV: prefix, group ('' = direct increments, no offsets), recent_max, recent_per_batch,
-# then partition, offset, pais, texto for each record.
+# then partition, offset, pais, texto, condition for each record.
 APPLY = """
 local prefix, group = ARGV[1], ARGV[2]
 local recent_max, recent_per_batch = tonumber(ARGV[3]), tonumber(ARGV[4])
 local offsets_key = prefix .. 'offsets:' .. group
 local next_offset, countries, texts, by_country, fresh = {}, {}, {}, {}, {}
-for i = 5, #ARGV, 4 do
+local conditions, country_conditions = {}, {}
+for i = 5, #ARGV, 5 do
   local partition, offset = ARGV[i], tonumber(ARGV[i + 1])
   local start = 0
   if group ~= '' then
@@ -43,6 +45,11 @@ for i = 5, #ARGV, 4 do
     local per = by_country[pais] or {}
     per[texto] = (per[texto] or 0) + 1
     by_country[pais] = per
+    local condition = ARGV[i + 4]
+    conditions[condition] = (conditions[condition] or 0) + 1
+    local cc = country_conditions[pais] or {}
+    cc[condition] = (cc[condition] or 0) + 1
+    country_conditions[pais] = cc
     fresh[#fresh + 1] = i
     start = offset + 1
   end
@@ -64,10 +71,18 @@ for pais, per in pairs(by_country) do
     redis.call('HINCRBY', prefix .. 'country:' .. pais, texto, n)
   end
 end
+for condition, n in pairs(conditions) do
+  redis.call('HINCRBY', prefix .. 'conditions', condition, n)
+end
+for pais, per in pairs(country_conditions) do
+  for condition, n in pairs(per) do
+    redis.call('HINCRBY', prefix .. 'conditions:' .. pais, condition, n)
+  end
+end
 for k = math.max(1, #fresh - recent_per_batch + 1), #fresh do
   local i = fresh[k]
   redis.call('XADD', prefix .. 'recent', 'MAXLEN', '~', recent_max, '*',
-             'pais', ARGV[i + 2], 'texto', ARGV[i + 3])
+             'pais', ARGV[i + 2], 'texto', ARGV[i + 3], 'condition', ARGV[i + 4])
 end
 for partition, offset in pairs(next_offset) do
   redis.call('HSET', offsets_key, partition, offset)
@@ -93,7 +108,7 @@ class RedisCounters:
     async def _run(self, group: str, tweets: Sequence[CountedTweet]) -> int:
         args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH]
         for t in tweets:
-            args += [t.partition, t.offset, t.pais, t.texto]
+            args += [t.partition, t.offset, t.pais, t.texto, t.condition]
         try:
             return int(await self._apply(args=args))
         except RedisError as error:
@@ -104,8 +119,8 @@ class RedisCounters:
             raise ValueError("a consumer group name is required")
         return await self._run(group, tweets) if tweets else 0
 
-    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
-        await self._run("", [CountedTweet(0, 0, pais, texto)] * by)
+    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
+        await self._run("", [CountedTweet(0, 0, pais, texto, condition)] * by)
 
     async def stats(self, top: int = 10) -> Stats:
         p = self.prefix
@@ -114,24 +129,37 @@ class RedisCounters:
                 pipe.get(f"{p}total")
                 pipe.hgetall(f"{p}countries")
                 pipe.zrevrange(f"{p}rank:texts", 0, top - 1, withscores=True)
-                total, countries, texts = await pipe.execute()
+                pipe.hgetall(f"{p}conditions")
+                total, countries, texts, conditions = await pipe.execute()
         except RedisError as error:
             raise BackendUnavailable(f"Redis: {error}") from error
-        ordered = sorted(
-            ((k, int(v)) for k, v in countries.items()), key=lambda kv: (-kv[1], kv[0])
+        return Stats(
+            int(total or 0),
+            dict(_by_count(countries.items())),
+            _by_count(texts),
+            dict(_by_count(conditions.items())),
         )
-        top_texts = sorted(((str(t), int(n)) for t, n in texts), key=lambda tn: (-tn[1], tn[0]))
-        return Stats(int(total or 0), dict(ordered), top_texts)
 
     async def country(self, pais: str) -> dict[str, int]:
         try:
             texts = await self._redis.hgetall(f"{self.prefix}country:{pais}")
         except RedisError as error:
             raise BackendUnavailable(f"Redis: {error}") from error
-        ordered = sorted(
-            ((str(t), int(n)) for t, n in texts.items()), key=lambda tn: (-tn[1], tn[0])
-        )
-        return dict(ordered)
+        return dict(_by_count(texts.items()))
+
+    async def country_conditions(self) -> dict[str, dict[str, int]]:
+        try:
+            countries = [str(p) for p in await self._redis.hkeys(f"{self.prefix}countries")]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for pais in countries:
+                    pipe.hgetall(f"{self.prefix}conditions:{pais}")
+                found = await pipe.execute()
+        except RedisError as error:
+            raise BackendUnavailable(f"Redis: {error}") from error
+        return {
+            pais: dict(_by_count(counts.items()))
+            for pais, counts in zip(countries, found, strict=True)
+        }
 
     async def ping(self) -> None:
         try:

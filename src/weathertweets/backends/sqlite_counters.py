@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS texts (texto TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS country_texts (
     pais TEXT NOT NULL, texto TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pais, texto)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS country_conditions (
+    pais TEXT NOT NULL, condition TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pais, condition)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS positions (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (grp, partition)
@@ -29,13 +32,18 @@ CREATE TABLE IF NOT EXISTS positions (
 """
 
 
-def _add(conn: sqlite3.Connection, pairs: Counter[tuple[str, str]]) -> None:
+def _add(conn: sqlite3.Connection, tweets: Counter[tuple[str, str, str]]) -> None:
+    """Add (pais, texto, condition) → n to every counter."""
     countries: Counter[str] = Counter()
     texts: Counter[str] = Counter()
-    for (pais, texto), n in pairs.items():
+    pairs: Counter[tuple[str, str]] = Counter()
+    conditions: Counter[tuple[str, str]] = Counter()
+    for (pais, texto, condition), n in tweets.items():
         countries[pais] += n
         texts[texto] += n
-    conn.execute("UPDATE totals SET n = n + ? WHERE key = 'total'", (pairs.total(),))
+        pairs[pais, texto] += n
+        conditions[pais, condition] += n
+    conn.execute("UPDATE totals SET n = n + ? WHERE key = 'total'", (tweets.total(),))
     conn.executemany(
         "INSERT INTO countries VALUES (?, ?) ON CONFLICT(pais) DO UPDATE SET n = n + excluded.n",
         countries.items(),
@@ -48,6 +56,11 @@ def _add(conn: sqlite3.Connection, pairs: Counter[tuple[str, str]]) -> None:
         "INSERT INTO country_texts VALUES (?, ?, ?)"
         " ON CONFLICT(pais, texto) DO UPDATE SET n = n + excluded.n",
         ((pais, texto, n) for (pais, texto), n in pairs.items()),
+    )
+    conn.executemany(
+        "INSERT INTO country_conditions VALUES (?, ?, ?)"
+        " ON CONFLICT(pais, condition) DO UPDATE SET n = n + excluded.n",
+        ((pais, condition, n) for (pais, condition), n in conditions.items()),
     )
 
 
@@ -69,7 +82,7 @@ class SqliteCounters:
                 fresh = [t for t in tweets if t.offset >= positions.get(t.partition, 0)]
                 if not fresh:
                     return 0
-                _add(conn, Counter((t.pais, t.texto) for t in fresh))
+                _add(conn, Counter((t.pais, t.texto, t.condition) for t in fresh))
                 ends: dict[int, int] = {}
                 for t in fresh:
                     ends[t.partition] = max(ends.get(t.partition, 0), t.offset + 1)
@@ -82,10 +95,10 @@ class SqliteCounters:
 
         return await self._db.run(apply)
 
-    async def increment(self, pais: str, texto: str, by: int = 1) -> None:
+    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
         def increment(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                _add(conn, Counter({(pais, texto): by}))
+                _add(conn, Counter({(pais, texto, condition): by}))
 
         await self._db.run(increment)
 
@@ -96,7 +109,16 @@ class SqliteCounters:
             texts = conn.execute(
                 "SELECT texto, n FROM texts ORDER BY n DESC, texto LIMIT ?", (top,)
             )
-            return Stats(int(total), dict(countries.fetchall()), texts.fetchall())
+            conditions = conn.execute(
+                "SELECT condition, sum(n) AS c FROM country_conditions"
+                " GROUP BY condition ORDER BY c DESC, condition"
+            )
+            return Stats(
+                int(total),
+                dict(countries.fetchall()),
+                texts.fetchall(),
+                dict(conditions.fetchall()),
+            )
 
         return await self._db.run(query)
 
@@ -106,6 +128,17 @@ class SqliteCounters:
                 "SELECT texto, n FROM country_texts WHERE pais = ? ORDER BY n DESC, texto", (pais,)
             )
             return dict(rows.fetchall())
+
+        return await self._db.run(query)
+
+    async def country_conditions(self) -> dict[str, dict[str, int]]:
+        def query(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            found: dict[str, dict[str, int]] = {}
+            for pais, condition, n in conn.execute(
+                "SELECT pais, condition, n FROM country_conditions ORDER BY pais, n DESC, condition"
+            ):
+                found.setdefault(pais, {})[condition] = n
+            return found
 
         return await self._db.run(query)
 

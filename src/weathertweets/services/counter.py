@@ -5,6 +5,7 @@ from __future__ import annotations
 from weathertweets.domain import MAX_PAIS, MAX_TEXTO, InvalidTweet, Tweet, clean_text
 from weathertweets.ports import BackendUnavailable, CountedTweet, Counters, Message
 from weathertweets.services.consuming import Sink
+from weathertweets.weather import classify
 from weathertweets.web import Handler, HTTPError, Request, Response, parse_json, unavailable
 
 GROUP = "counter"
@@ -14,7 +15,11 @@ def count_sink(counters: Counters) -> Sink:
     async def sink(batch: list[tuple[Message, Tweet]]) -> None:
         if batch:
             await counters.apply(
-                GROUP, [CountedTweet(m.partition, m.offset, t.pais, t.texto) for m, t in batch]
+                GROUP,
+                [
+                    CountedTweet(m.partition, m.offset, t.pais, t.texto, classify(t.texto))
+                    for m, t in batch
+                ],
             )
 
     return sink
@@ -33,7 +38,7 @@ def set_handler(counters: Counters) -> Handler:
         except InvalidTweet as error:
             raise HTTPError(422, "invalid", error.message, error.field) from error
         try:
-            await counters.increment(pais, texto)
+            await counters.increment(pais, texto, classify(texto))
         except BackendUnavailable as error:
             raise unavailable(str(error)) from error
         return Response(200, b"Data set", b"text/plain; charset=utf-8")

@@ -12,7 +12,10 @@ from weathertweets.domain import InvalidTweet, Tweet, make_tweet, parse_fields, 
 from weathertweets.metrics import ACCEPTED, BATCH_SIZE
 from weathertweets.openapi import docs_page, openapi_spec
 from weathertweets.ports import Counters, Store
+from weathertweets.services.assets import load_assets, wants_html
+from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import add_ops_routes
+from weathertweets.weather import dominant
 from weathertweets.web import Handler, HTTPError, Request, Response, Router, parse_json
 
 SINGLE_BODY_LIMIT = 64 * 1024
@@ -58,8 +61,11 @@ class Gateway:
         *,
         max_batch: int = 10_000,
         extra_routes: Sequence[tuple[str, str, Handler]] = (),
+        live: LiveFeed | None = None,
     ) -> None:
         self._ingest, self._store, self._counters = ingest, store, counters
+        self._live = live
+        self._assets = load_assets()
         self._max_batch = max_batch
         self.router = Router("gateway")
         for path in TWEET_PATHS:
@@ -69,6 +75,11 @@ class Gateway:
         self.router.add("GET", "/api/v1/stats", self.stats)
         self.router.add("GET", "/api/v1/countries/{pais}", self.country)
         self.router.add("GET", "/api/v1/tweets", self.recent)
+        self.router.add("GET", "/api/v1/conditions", self.conditions)
+        self.router.add("GET", "/dashboard", self.dashboard)
+        self.router.add("GET", "/static/{name}", self.static)
+        self.router.add("GET", "/api/v1/live", self.live_events)
+        self.router.add("GET", "/api/v1/dashboard", self.live_snapshot)
         self.router.add("GET", "/openapi.json", self.openapi)
         self.router.add("GET", "/docs", self.docs)
         for method, path, handler in extra_routes:
@@ -131,6 +142,23 @@ class Gateway:
                 "archived": archived,
                 "countries": stats.countries,
                 "top_texts": [{"texto": t, "count": n} for t, n in stats.top_texts],
+                "conditions": stats.conditions,
+            }
+        )
+
+    async def conditions(self, _: Request) -> Response:
+        per_country = await self._counters.country_conditions()
+        totals: dict[str, int] = {}
+        for counts in per_country.values():
+            for condition, n in counts.items():
+                totals[condition] = totals.get(condition, 0) + n
+        return Response.json(
+            {
+                "conditions": dict(sorted(totals.items(), key=lambda cn: (-cn[1], cn[0]))),
+                "countries": {
+                    pais: {"dominant": dominant(counts), "counts": counts}
+                    for pais, counts in per_country.items()
+                },
             }
         )
 
@@ -165,7 +193,9 @@ class Gateway:
             }
         )
 
-    async def index(self, _: Request) -> Response:
+    async def index(self, request: Request) -> Response:
+        if wants_html(request):
+            return await self.dashboard(request)
         return Response.json(
             {
                 "service": "weathertweets",
@@ -173,8 +203,31 @@ class Gateway:
                 "post": "/input",
                 "stats": "/api/v1/stats",
                 "docs": "/docs",
+                "dashboard": "/dashboard",
             }
         )
+
+    async def dashboard(self, _: Request) -> Response:
+        page = self._assets["dashboard.html"]
+        return Response(200, page.body, page.content_type, [(b"cache-control", b"no-cache")])
+
+    async def static(self, request: Request) -> Response:
+        asset = self._assets.get(request.path_params["name"])
+        if asset is None:
+            raise HTTPError(404, "not_found", f"no asset {request.path_params['name']!r}")
+        return Response(200, asset.body, asset.content_type, [(b"cache-control", b"max-age=300")])
+
+    def _feed(self) -> LiveFeed:
+        if self._live is None:
+            raise HTTPError(404, "not_found", "the live view is not enabled")
+        return self._live
+
+    async def live_snapshot(self, _: Request) -> Response:
+        return Response(200, await self._feed().snapshot())
+
+    async def live_events(self, _: Request) -> Response:
+        headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        return Response(200, b"", b"text/event-stream", headers, stream=self._feed().subscribe())
 
     async def openapi(self, _: Request) -> Response:
         return Response.json(openapi_spec())

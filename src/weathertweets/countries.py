@@ -1,0 +1,93 @@
+"""Country names in Spanish (and common variants) → ISO 3166-1 alpha-2 codes, for the world map.
+
+Matching ignores case, accents and a leading article, so "Perú", "peru" and "El Perú" agree.
+Names it does not know are reported by `iso_codes` rather than dropped.
+"""
+
+from __future__ import annotations
+
+from weathertweets.weather import fold
+
+# fmt: off
+SPANISH: dict[str, str] = {
+    "Afganistán": "af", "Albania": "al", "Alemania": "de", "Andorra": "ad", "Angola": "ao",
+    "Antigua y Barbuda": "ag", "Arabia Saudita": "sa", "Arabia Saudí": "sa", "Argelia": "dz",
+    "Argentina": "ar", "Armenia": "am", "Australia": "au", "Austria": "at", "Azerbaiyán": "az",
+    "Bahamas": "bs", "Bangladés": "bd", "Bangladesh": "bd", "Barbados": "bb", "Baréin": "bh",
+    "Bélgica": "be", "Belice": "bz", "Benín": "bj", "Bielorrusia": "by", "Birmania": "mm",
+    "Myanmar": "mm", "Bolivia": "bo", "Bosnia y Herzegovina": "ba", "Botsuana": "bw",
+    "Brasil": "br", "Brunéi": "bn", "Bulgaria": "bg", "Burkina Faso": "bf", "Burundi": "bi",
+    "Bután": "bt", "Cabo Verde": "cv", "Camboya": "kh", "Camerún": "cm", "Canadá": "ca",
+    "Catar": "qa", "Qatar": "qa", "Chad": "td", "Chile": "cl", "China": "cn", "Chipre": "cy",
+    "Colombia": "co", "Comoras": "km", "Congo": "cg", "República del Congo": "cg",
+    "República Democrática del Congo": "cd", "Corea del Norte": "kp", "Corea del Sur": "kr",
+    "Costa de Marfil": "ci", "Costa Rica": "cr", "Croacia": "hr", "Cuba": "cu",
+    "Dinamarca": "dk", "Dominica": "dm", "Ecuador": "ec", "Egipto": "eg", "El Salvador": "sv",
+    "Emiratos Árabes Unidos": "ae", "Eritrea": "er", "Eslovaquia": "sk", "Eslovenia": "si",
+    "España": "es", "Estados Unidos": "us", "Estados Unidos de América": "us", "EE. UU.": "us",
+    "EEUU": "us", "Estonia": "ee", "Esuatini": "sz", "Suazilandia": "sz", "Etiopía": "et",
+    "Filipinas": "ph", "Finlandia": "fi", "Fiyi": "fj", "Francia": "fr", "Gabón": "ga",
+    "Gambia": "gm", "Georgia": "ge", "Ghana": "gh", "Granada": "gd", "Grecia": "gr",
+    "Groenlandia": "gl", "Guatemala": "gt", "Guinea": "gn", "Guinea-Bisáu": "gw",
+    "Guinea Ecuatorial": "gq", "Guyana": "gy", "Haití": "ht", "Honduras": "hn", "Hungría": "hu",
+    "India": "in", "Indonesia": "id", "Irak": "iq", "Irán": "ir", "Irlanda": "ie",
+    "Islandia": "is", "Islas Marshall": "mh", "Islas Salomón": "sb", "Israel": "il",
+    "Italia": "it", "Jamaica": "jm", "Japón": "jp", "Jordania": "jo", "Kazajistán": "kz",
+    "Kenia": "ke", "Kirguistán": "kg", "Kiribati": "ki", "Kosovo": "xk", "Kuwait": "kw",
+    "Laos": "la", "Lesoto": "ls", "Letonia": "lv", "Líbano": "lb", "Liberia": "lr",
+    "Libia": "ly", "Liechtenstein": "li", "Lituania": "lt", "Luxemburgo": "lu",
+    "Macedonia del Norte": "mk", "Madagascar": "mg", "Malasia": "my", "Malaui": "mw",
+    "Maldivas": "mv", "Malí": "ml", "Malta": "mt", "Marruecos": "ma", "Mauricio": "mu",
+    "Mauritania": "mr", "México": "mx", "Micronesia": "fm", "Moldavia": "md", "Mónaco": "mc",
+    "Mongolia": "mn", "Montenegro": "me", "Mozambique": "mz", "Namibia": "na", "Nauru": "nr",
+    "Nepal": "np", "Nicaragua": "ni", "Níger": "ne", "Nigeria": "ng", "Noruega": "no",
+    "Nueva Zelanda": "nz", "Omán": "om", "Países Bajos": "nl", "Holanda": "nl",
+    "Pakistán": "pk", "Palaos": "pw", "Palestina": "ps", "Panamá": "pa",
+    "Papúa Nueva Guinea": "pg", "Paraguay": "py", "Perú": "pe", "Polonia": "pl",
+    "Portugal": "pt", "Puerto Rico": "pr", "Reino Unido": "gb", "Inglaterra": "gb",
+    "República Centroafricana": "cf", "República Checa": "cz", "Chequia": "cz",
+    "República Dominicana": "do", "Ruanda": "rw", "Rumanía": "ro", "Rumania": "ro",
+    "Rusia": "ru", "Samoa": "ws", "San Cristóbal y Nieves": "kn", "San Marino": "sm",
+    "San Vicente y las Granadinas": "vc", "Santa Lucía": "lc", "Santo Tomé y Príncipe": "st",
+    "Senegal": "sn", "Serbia": "rs", "Seychelles": "sc", "Sierra Leona": "sl",
+    "Singapur": "sg", "Siria": "sy", "Somalia": "so", "Sri Lanka": "lk", "Sudáfrica": "za",
+    "Sudán": "sd", "Sudán del Sur": "ss", "Suecia": "se", "Suiza": "ch", "Surinam": "sr",
+    "Tailandia": "th", "Taiwán": "tw", "Tanzania": "tz", "Tayikistán": "tj",
+    "Timor Oriental": "tl", "Togo": "tg", "Tonga": "to", "Trinidad y Tobago": "tt",
+    "Túnez": "tn", "Turkmenistán": "tm", "Turquía": "tr", "Tuvalu": "tv", "Ucrania": "ua",
+    "Uganda": "ug", "Uruguay": "uy", "Uzbekistán": "uz", "Vanuatu": "vu", "Vaticano": "va",
+    "Venezuela": "ve", "Vietnam": "vn", "Yemen": "ye", "Yibuti": "dj", "Zambia": "zm",
+    "Zimbabue": "zw", "Sahara Occidental": "eh", "Hong Kong": "hk", "Nueva Caledonia": "nc",
+}
+# fmt: on
+
+_ARTICLES = ("el ", "la ", "los ", "las ")
+
+
+def _key(name: str) -> str:
+    folded = fold(name).strip().replace(".", "").replace("  ", " ")
+    for article in _ARTICLES:
+        if folded.startswith(article):
+            folded = folded[len(article) :]
+    return folded
+
+
+_BY_KEY = {_key(name): code for name, code in SPANISH.items()}
+
+
+def iso_code(pais: str) -> str | None:
+    """ISO alpha-2 (lower case) of a country's Spanish name, or None if unknown."""
+    return _BY_KEY.get(_key(pais))
+
+
+def iso_codes(counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Split {pais: n} into ({iso: n} summed over spellings, {unknown pais: n})."""
+    known: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    for pais, n in counts.items():
+        code = iso_code(pais)
+        if code is None:
+            unknown[pais] = n
+        else:
+            known[code] = known.get(code, 0) + n
+    return known, unknown
