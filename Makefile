@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py
 
 .PHONY: install run test lint format unit e2e services services-down services-status chart browser dashboards bench clean
 
@@ -44,6 +44,9 @@ chart: install
 
 browser:
 	tools/browser/install.sh
+
+bench: install
+	$(BIN)/python tools/bench.py
 
 dashboards: install
 	$(BIN)/python tools/dashboards.py

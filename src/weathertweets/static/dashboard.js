@@ -154,7 +154,9 @@ function connect() {
   source.onerror = () => { text("status", "reconnecting…"); $("status").classList.remove("live"); };
   let ticks = 0;
   source.onmessage = (event) => {
+    const started = performance.now();
     render(JSON.parse(event.data));
+    document.body.dataset.renderMs = (performance.now() - started).toFixed(1);
     if (ticks++ % 3 === 0) loadCountry();
   };
 }
