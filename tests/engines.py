@@ -15,7 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from redis import Redis
+from redis.exceptions import RedisError
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".services.env"
 
@@ -84,8 +86,13 @@ class RealNamespace:
         """Wait until archived = total = sum(countries) = expected; return the countries."""
         deadline = time.monotonic() + timeout
         while True:
-            archived = self.archived()
-            total, summed, countries = self.counted()
+            try:
+                archived = self.archived()
+                total, summed, countries = self.counted()
+            except (RedisError, PyMongoError):  # an engine (re)starting: not yet
+                assert time.monotonic() < deadline, "the engines did not come back"
+                time.sleep(0.5)
+                continue
             if archived == total == summed == expected:
                 return countries
             if time.monotonic() > deadline or archived > expected or total > expected:

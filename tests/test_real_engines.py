@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,7 +14,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import ServiceProcess, free_port
+from tests.conftest import ROOT, ServiceProcess, free_port
 from tests.dashboard_queries import PromQuery, RedisQuery, all_queries
 from tests.engines import RealNamespace, require_engines
 from weathertweets.gendata import generate
@@ -174,3 +177,34 @@ def test_up_accepts_real_engine_urls(tmp_path: Path) -> None:
     finally:
         assert up.stop(timeout=60) == 0
     assert not (tmp_path / "broker.db").exists()  # nothing fell back to the embedded files
+
+
+def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
+    """Redis goes away: tweets are still accepted (Kafka holds them), reads answer 503 with
+    Retry-After, the counter retries; Redis comes back: the counts catch up, exactly."""
+    namespace = RealNamespace.fresh()
+    env = {**namespace.env, **_ports()}
+    up = ServiceProcess(["up", "--data-dir", str(tmp_path)], tmp_path / "up.log", env).start()
+    gateway = f"http://127.0.0.1:{env['WT_PORT']}"
+    redis_pid_file = ROOT / ".cache" / "run" / "redis.pid"
+    records = generate(3000, seed=51)
+    try:
+        up.wait_ready(gateway + "/readyz", timeout=90)
+        accepted = _send(gateway, records[:1500], batch=0)
+        namespace.wait_exact(1500)
+        os.kill(int(redis_pid_file.read_text()), signal.SIGKILL)
+        accepted += _send(gateway, records[1500:], batch=100)  # the broker still takes them
+        stats = httpx.get(gateway + "/api/v1/stats", timeout=30)
+        assert stats.status_code == 503
+        assert stats.headers["retry-after"] == "1"
+        assert stats.json()["error"]["code"] == "unavailable"
+        assert httpx.get(gateway + "/readyz", timeout=30).status_code == 503
+    finally:
+        subprocess.run([str(ROOT / "tools/engines/services.sh"), "up"], check=True, timeout=120)
+    try:
+        assert accepted == 3000
+        countries = namespace.wait_exact(3000)
+        assert countries == dict(Counter(r["pais"] for r in records))
+        assert httpx.get(gateway + "/readyz", timeout=30).status_code == 200
+    finally:
+        assert up.stop(timeout=60) == 0

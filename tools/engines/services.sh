@@ -42,9 +42,11 @@ wait_port() { # name port seconds log
   die "$1 did not open port $2 within $3 s (log: $4)"
 }
 
-running() { # name
-  local pid_file=$RUN/$1.pid
-  [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+running() { # name: its process exists and is not a zombie (a killed one nobody reaped)
+  local pid_file=$RUN/$1.pid state
+  [[ -f $pid_file ]] || return 1
+  state=$(ps -o stat= -p "$(cat "$pid_file")" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z* ]]
 }
 
 launch() { # name port log command...
