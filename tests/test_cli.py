@@ -60,3 +60,12 @@ def test_gen_data_is_realistic_and_repeatable(tmp_path: Path) -> None:
     known_texts = {t for texts in TEXTS.values() for t in texts}
     assert all(any(r["texto"].startswith(t) for t in known_texts) for r in records[:200])
     assert {"Turquía", "Perú", "México", "España"} <= {name for name, _ in COUNTRIES}
+
+
+def test_settings_travel_to_child_processes_as_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, port=9191, counter_prefix="x:").resolve()
+    for name, value in settings.environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings().resolve() == settings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -53,6 +53,10 @@ class Settings:
         self.counter_url = self.counter_url or f"sqlite:///{base}/counters.db"
         self.ingest_target = self.ingest_target or f"127.0.0.1:{self.ingest_port}"
         return self
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the `WT_*` variables that reproduce them in another process."""
+        return {f"WT_{name.upper()}": str(value) for name, value in asdict(self).items()}
 
 
 ENVIRONMENT = {

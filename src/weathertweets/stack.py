@@ -45,20 +45,7 @@ class Child:
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
-    values = {
-        "WT_BROKER_URL": settings.broker_url,
-        "WT_STORE_URL": settings.store_url,
-        "WT_COUNTER_URL": settings.counter_url,
-        "WT_HOST": settings.host,
-        "WT_PORT": settings.port,
-        "WT_INGEST_PORT": settings.ingest_port,
-        "WT_INGEST_TARGET": settings.ingest_target,
-        "WT_COUNTER_PORT": settings.counter_port,
-        "WT_ARCHIVER_PORT": settings.archiver_port,
-        "WT_INGEST_METRICS_PORT": settings.ingest_metrics_port,
-        "WT_DATA_DIR": settings.data_dir,
-    }
-    return {**os.environ, **{k: str(v) for k, v in values.items()}, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass

@@ -17,8 +17,9 @@ from weathertweets.domain import (
     Tweet,
     clean_text,
     encode_record,
-    make_tweet,
+    utcnow,
 )
+from weathertweets.ids import new_id
 from weathertweets.metrics import BATCH_SIZE, PUBLISHED
 from weathertweets.ports import BackendUnavailable, Broker
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
@@ -44,13 +45,12 @@ def from_pb(message: ingest_pb2.Tweet) -> Tweet:
     if message.received_at_us:
         received = datetime.fromtimestamp(message.received_at_us / 1_000_000, UTC)
     else:
-        received = None
-    tweet = make_tweet(texto, pais, received)
-    if message.id:
-        if len(message.id) != 26 or not message.id.isalnum():
-            raise InvalidTweet("'id' must be a 26-character time-ordered id", "id")
-        tweet = Tweet(message.id, tweet.texto, tweet.pais, tweet.received_at)
-    return tweet
+        received = utcnow()
+    if not message.id:
+        return Tweet(new_id(), texto, pais, received)
+    if len(message.id) != 26 or not message.id.isalnum():
+        raise InvalidTweet("'id' must be a 26-character time-ordered id", "id")
+    return Tweet(message.id, texto, pais, received)
 
 
 class IngestService(
