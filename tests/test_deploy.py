@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,11 +247,41 @@ def test_every_workload_is_covered_by_a_network_policy(manifests: list[dict[str,
             assert any(p.items() <= labels.items() for p in policies), doc["metadata"]["name"]
 
 
+def _ingress_routes(path: str, rules: dict[str, str]) -> bool:
+    """Whether an Ingress with these {path: pathType} rules sends `path` on (Kubernetes rules:
+    Exact is the whole path, Prefix matches whole path elements)."""
+    for rule, kind in rules.items():
+        if path == rule or (kind == "Prefix" and path.startswith(rule.rstrip("/") + "/")):
+            return True
+    return False
+
+
+def test_ingress_routes_every_path_the_gateway_serves_and_no_internal_one() -> None:
+    from unittest.mock import Mock
+
+    from weathertweets.services.gateway import INTERNAL_PATHS, Gateway
+
+    ingress = next(d for d in render() if d["kind"] == "Ingress")
+    rules = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    served = Gateway(Mock(), Mock(), Mock()).router.paths()
+    assert {"/static/", "/set", "/insert/", "/dashboard", "/docs", "/openapi.json"} <= served
+    for path in served:
+        sample = path + "Guatemala" if path.endswith("/") and len(path) > 1 else path
+        if path in INTERNAL_PATHS:
+            assert not _ingress_routes(sample, rules), f"{path} must stay inside the cluster"
+        else:
+            assert _ingress_routes(sample, rules), f"the Ingress does not route {path}"
+    assert _ingress_routes("/insert/", rules) and _ingress_routes("/static/app.js", rules)
+    assert not _ingress_routes("/metrics", rules)
+
+
 def test_ingress_routes_the_seed_paths_with_limits() -> None:
     ingress = next(d for d in render() if d["kind"] == "Ingress")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
-    assert paths == {"/input": "Prefix", "/insert": "Prefix", "/api/v1": "Prefix", "/": "Exact"}
+    assert {"/input": "Prefix", "/insert": "Prefix", "/": "Exact", "/set": "Exact"}.items() <= (
+        paths.items()
+    )
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
     assert "nginx.ingress.kubernetes.io/limit-rps" in annotations
@@ -306,6 +337,44 @@ def test_the_wheel_is_built_with_generated_grpc_stubs(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for stub in ("ingest_pb2.py", "ingest_pb2_grpc.py", "confproto_pb2_grpc.py"):
         assert f"weathertweets/proto/{stub}" in names
+
+
+@pytest.mark.e2e
+def test_the_runtime_install_serves_every_command_without_dev_tools(tmp_path: Path) -> None:
+    """The Dockerfile's install line, in a fresh venv: no dev extra, so nothing may need one."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    match = re.search(r'/opt/weathertweets/bin/pip install "\.(\[[a-z,]*\])?"', dockerfile)
+    assert match, "the Dockerfile's install line changed: update this test with it"
+    extras = match.group(1) or ""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}{extras}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    python = str(venv / "bin" / "python")
+    dev_only = subprocess.run([python, "-c", "import httpx, pytest"], capture_output=True)
+    assert dev_only.returncode != 0, "the runtime install must not bring the dev tools"
+    every_module = (
+        "import pkgutil, importlib, weathertweets\n"
+        "for m in pkgutil.walk_packages(weathertweets.__path__, 'weathertweets.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from weathertweets.stack import Stack\n"
+    )
+    imported = subprocess.run([python, "-c", every_module], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    cli = str(venv / "bin" / "weathertweets")
+    commands = ["up", "serve", "stack", "gen-data", "load"]
+    for command in [[], *([c] for c in commands)]:
+        done = subprocess.run([cli, *command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage: weathertweets" in done.stdout, (command, done)
+    generated = subprocess.run(
+        [cli, "gen-data", "-n", "5", "-o", str(tmp_path / "d.json")], capture_output=True
+    )
+    assert generated.returncode == 0 and len(json.loads((tmp_path / "d.json").read_text())) == 5
 
 
 def test_compose_file_is_consistent() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from weathertweets import ids
@@ -12,12 +13,13 @@ from weathertweets.domain import (
     MAX_PAIS,
     MAX_TEXTO,
     InvalidTweet,
+    decode_any_record,
     decode_record,
     encode_record,
     make_tweet,
     parse_fields,
 )
-from weathertweets.ids import id_time_ms, new_id
+from weathertweets.ids import derived_id, id_time_ms, new_id
 
 
 def test_accepts_the_seed_shape() -> None:
@@ -131,3 +133,29 @@ def test_record_round_trip() -> None:
     raw = encode_record(tweet)
     assert b'"received_at":"2026-11-29T07:15:40.408854Z"' in raw
     assert decode_record(raw) == tweet
+
+
+def test_a_record_shaped_like_the_originals_is_a_tweet_with_a_derived_id() -> None:
+    """The original producer wrote `{"texto","pais"}` (Go's encoder, maybe a zero timestamp)."""
+    raw = b'{"texto":" Calor ","pais":"Turqu\xc3\xada","timestamp":"0001-01-01T00:00:00Z"}'
+    stamp = 1_800_000_000_123
+    tweet = decode_any_record(raw, "messages/2/41", stamp)
+    assert (tweet.texto, tweet.pais) == ("Calor", "Turquía")
+    assert tweet.received_at == datetime.fromtimestamp(stamp / 1000, UTC)
+    assert tweet.id == derived_id("messages/2/41", stamp) and len(tweet.id) == 26
+    assert id_time_ms(tweet.id) == stamp
+    assert decode_any_record(raw, "messages/2/41", stamp) == tweet  # a replay: the same id
+    assert decode_any_record(raw, "messages/2/42", stamp).id != tweet.id
+
+
+def test_our_own_records_keep_their_id_and_time() -> None:
+    tweet = make_tweet("Sol", "Chile")
+    assert decode_any_record(encode_record(tweet), "messages/0/1", 5) == tweet
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[1, 2]", b'{"texto": "", "pais": "Chile"}', b'{"pais": "Chile"}']
+)
+def test_records_that_are_not_tweets_are_refused(raw: bytes) -> None:
+    with pytest.raises((InvalidTweet, msgspec.DecodeError)):
+        decode_any_record(raw, "messages/0/1", None)

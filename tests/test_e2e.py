@@ -32,7 +32,8 @@ MALFORMED: list[tuple[bytes, str]] = [
     (b'{"texto": ["Sol"], "pais": "Chile"}', "application/json"),
     (b'{"texto": "\xc3\x28", "pais": "Chile"}', "application/json"),
     (b'"Sol"', "application/json"),
-    (b"texto=Sol&pais=Chile", "application/x-www-form-urlencoded"),
+    (b"<tweet><texto>Sol</texto><pais>Chile</pais></tweet>", "application/xml"),
+    (b"texto=Sol&pais=", "application/x-www-form-urlencoded"),
     (json.dumps({"texto": "x" * 281, "pais": "Chile"}).encode(), "application/json"),
 ]
 

@@ -14,7 +14,6 @@ from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.domain import Tweet
 from weathertweets.energy import EnergyModel
 from weathertweets.ports import BackendUnavailable
-from weathertweets.services.counter import set_handler
 from weathertweets.services.gateway import Gateway
 from weathertweets.services.live import LiveFeed
 
@@ -52,7 +51,6 @@ async def client(tmp_path: Path, publisher: RecordingPublisher) -> AsyncIterator
         store,
         counters,
         max_batch=100,
-        extra_routes=[("POST", "/set", set_handler(counters))],
         live=live,
     )
     transport = httpx.ASGITransport(app=gateway.router)
@@ -63,6 +61,7 @@ async def client(tmp_path: Path, publisher: RecordingPublisher) -> AsyncIterator
 
 
 JSON = {"content-type": "application/json"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
 def _error(response: httpx.Response) -> dict[str, str]:
@@ -72,7 +71,7 @@ def _error(response: httpx.Response) -> dict[str, str]:
     return error
 
 
-@pytest.mark.parametrize("path", ["/input", "/", "/insert"])
+@pytest.mark.parametrize("path", ["/input", "/input/", "/", "/insert", "/insert/"])
 async def test_single_tweet_is_accepted_on_every_path(
     client: httpx.AsyncClient, publisher: RecordingPublisher, path: str
 ) -> None:
@@ -91,8 +90,15 @@ async def test_single_tweet_is_accepted_on_every_path(
         (b'{"texto": "Sol", "pais": ""}', JSON, 422, "pais"),
         (b'{"texto": {"a": 1}, "pais": "Chile"}', JSON, 422, "texto"),
         (b'[{"texto": "Sol", "pais": "Chile"}]', JSON, 422, None),
-        (b"texto=Sol&pais=Chile", {"content-type": "application/x-www-form-urlencoded"}, 415,
-         "content-type"),
+        (b"<tweet><texto>Sol</texto><pais>Chile</pais></tweet>",
+         {"content-type": "application/xml"}, 415, "content-type"),
+        (b"texto=Sol&pais=", FORM, 422, "pais"),
+        (b"texto=Sol&texto=Lluvia&pais=Chile", FORM, 422, "texto"),
+        (b"texto=%FF&pais=Chile", FORM, 400, None),
+        (b"texto=Sol" + b"&x=1" * 40 + b"&pais=Chile", FORM, 400, None),
+        (b"--b\r\nContent-Disposition: form-data; name=\"texto\"\r\n\r\nSol\r\n--b--\r\n",
+         {"content-type": "multipart/form-data; boundary=b"}, 422, "pais"),
+        (b"garbage", {"content-type": "multipart/form-data"}, 400, None),
         (b"x" * (64 * 1024 + 1), JSON, 413, None),
     ],
 )  # fmt: skip
@@ -108,6 +114,32 @@ async def test_bad_requests_get_json_errors_and_change_nothing(
     assert response.status_code == status
     assert _error(response).get("field") == field
     assert publisher.tweets == []
+
+
+async def test_form_and_multipart_bodies_are_tweets_like_json(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    """The original's body parser took forms too: same fields, same validation."""
+    form = await client.post("/insert/", data={"texto": " Lluvia ", "pais": "Guatemala"})
+    multipart = await client.post(
+        "/",
+        data={"texto": "Nieve", "país": "Chile", "extra": "ignored"},
+        files={"attachment": ("notes.txt", b"pais=Narnia")},  # a file part carries no field
+    )
+    assert (form.status_code, multipart.status_code) == (202, 202)
+    assert [(t.texto, t.pais) for t in publisher.tweets] == [
+        ("Lluvia", "Guatemala"),
+        ("Nieve", "Chile"),
+    ]
+
+
+async def test_the_originals_locust_get_on_the_tweet_paths_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/insert/", "/input", "/"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.json()["post"] == "/input"
 
 
 async def test_batch_as_json_array_and_as_ndjson(

@@ -1,9 +1,10 @@
 """Grafana dashboards as code: `make dashboards` (this script) writes the JSON files that the
 Helm chart (ConfigMaps for the Grafana sidecar) and compose.yaml provision.
 
-Two dashboards: "Weather Tweets" (Redis datasource plugin for the live counters, Prometheus for
-rates, latency, lag and rejections) and "Energy & CO2" (Kepler's joules per pod when Kepler
-runs; the services' own CPU-time estimate, `weathertweets_energy_joules_total`, otherwise).
+Three dashboards: "Weather Tweets" (Redis datasource plugin for the live counters, Prometheus
+for rates, latency, lag and rejections), "Energy & CO2" (Kepler's joules per pod when Kepler
+runs; the services' own CPU-time estimate, `weathertweets_energy_joules_total`, otherwise), and
+"Country Messages (original)", the original system's board reading its own `HGETALL <pais>`.
 """
 
 from __future__ import annotations
@@ -309,11 +310,83 @@ def energy_dashboard() -> dict[str, Any]:
     return dashboard("weathertweets-energy", "Energy & CO2", panels, variables)
 
 
+def original_dashboard() -> dict[str, Any]:
+    """The original system's "Country Messages" board, rebuilt: every panel reads only the
+    original's own Redis hashes (`HGETALL <pais>`, kept by the counter while WT_SEED_KEYS=1),
+    one row of panels per country picked in `$pais`."""
+
+    def total_of_hash(title: str) -> dict[str, Any]:
+        options = {"mode": "reduceRow", "reduce": {"reducer": "sum"}, "alias": title}
+        return {"id": "calculateField", "options": {**options, "replaceFields": True}}
+
+    per_country = [
+        panel(
+            "stat",
+            "Messages — $pais",
+            (0, 0, 6, 8),
+            [redis("hgetall", "$pais")],
+            transformations=[total_of_hash("Messages")],
+            repeat="pais",
+            repeatDirection="v",
+        ),
+        panel(
+            "piechart",
+            "Messages Pie Chart — $pais",
+            (6, 0, 9, 8),
+            [redis("hgetall", "$pais")],
+            transformations=top_n("texto", 12),
+            options={
+                "reduceOptions": {"values": True, "calcs": ["lastNotNull"]},
+                "pieType": "pie",
+                "legend": {"placement": "right"},
+            },
+            repeat="pais",
+            repeatDirection="v",
+        ),
+        panel(
+            "table",
+            "Messages per text — $pais",
+            (15, 0, 9, 8),
+            [redis("hgetall", "$pais")],
+            transformations=top_n("texto", 50),
+            repeat="pais",
+            repeatDirection="v",
+        ),
+    ]
+    variables = [
+        datasource_variable("redis", "redis-datasource", "Redis"),
+        {
+            "name": "pais",
+            "label": "País",
+            "type": "custom",
+            "multi": True,
+            "includeAll": False,
+            "query": ",".join(ORIGINAL_COUNTRIES),
+            "current": {"text": ["Guatemala", "Argentina"], "value": ["Guatemala", "Argentina"]},
+        },
+    ]
+    title = "Country Messages (original)"
+    board = dashboard("weathertweets-original", title, per_country, variables)
+    board["tags"] = ["weathertweets", "original"]
+    return board
+
+
+# The countries the original's dashboard offers; its hashes are keyed by these exact names.
+ORIGINAL_COUNTRIES = (
+    "Guatemala", "Argentina", "México", "El Salvador", "Honduras", "Nicaragua", "Costa Rica",
+    "Panamá", "Colombia", "Venezuela", "Ecuador", "Perú", "Bolivia", "Chile", "Paraguay",
+    "Uruguay", "Brasil", "Cuba", "República Dominicana", "Puerto Rico", "España",
+    "Estados Unidos", "Canadá", "Turquía",
+)  # fmt: skip
+
+
 def render() -> dict[str, str]:
-    return {
-        "weathertweets.json": json.dumps(tweets_dashboard(), indent=2, ensure_ascii=False) + "\n",
-        "energy.json": json.dumps(energy_dashboard(), indent=2, ensure_ascii=False) + "\n",
+    boards = {
+        "weathertweets.json": tweets_dashboard(),
+        "energy.json": energy_dashboard(),
+        "original.json": original_dashboard(),
     }
+    return {name: json.dumps(b, indent=2, ensure_ascii=False) + "\n" for name, b in boards.items()}
 
 
 if __name__ == "__main__":

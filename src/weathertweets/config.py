@@ -11,6 +11,18 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError(f"{name}={raw!r}: use 1 or 0 (true/false, yes/no, on/off)")
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("WT_DATA_DIR", "data")))
@@ -30,6 +42,7 @@ class Settings:
     partitions: int = field(default_factory=lambda: int(_env("WT_PARTITIONS", "3")))
     store_collection: str = field(default_factory=lambda: _env("WT_STORE_COLLECTION", "register"))
     counter_prefix: str = field(default_factory=lambda: _env("WT_COUNTER_PREFIX", "wt:"))
+    seed_keys: bool = field(default_factory=lambda: _flag("WT_SEED_KEYS", True))
     max_batch: int = field(default_factory=lambda: int(_env("WT_MAX_BATCH", "10000")))
     log_level: str = field(default_factory=lambda: _env("WT_LOG_LEVEL", "info"))
     energy_min_watts: float = field(
@@ -56,7 +69,11 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """These settings as the `WT_*` variables that reproduce them in another process."""
-        return {f"WT_{name.upper()}": str(value) for name, value in asdict(self).items()}
+
+        def text(value: object) -> str:
+            return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+        return {f"WT_{name.upper()}": text(value) for name, value in asdict(self).items()}
 
 
 ENVIRONMENT = {
@@ -75,6 +92,7 @@ ENVIRONMENT = {
     "WT_PARTITIONS": "partitions when the topic is created (default: 3)",
     "WT_STORE_COLLECTION": "MongoDB collection of the archive (default: register)",
     "WT_COUNTER_PREFIX": "prefix of the Redis keys (default: wt:)",
+    "WT_SEED_KEYS": "1: also keep the original's bare HINCRBY <pais> <texto> hashes (default: 1)",
     "WT_MAX_BATCH": "most tweets in one POST /api/v1/tweets (default: 10000)",
     "WT_LOG_LEVEL": "debug, info, warning or error (default: info)",
     "WT_ENERGY_MIN_WATTS": "energy model: watts of an idle vCPU (default: 0.71)",

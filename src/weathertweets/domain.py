@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from weathertweets.ids import new_id
+from weathertweets.ids import derived_id, new_id
 
 MAX_TEXTO = 280
 MAX_PAIS = 64
@@ -111,3 +111,26 @@ def encode_record(tweet: Tweet) -> bytes:
 def decode_record(value: bytes) -> Tweet:
     """Raises msgspec.DecodeError/ValidationError for a record that is not ours."""
     return _record_decoder.decode(value)
+
+
+def decode_any_record(
+    value: bytes, position: str, timestamp_ms: int | None, now: datetime | None = None
+) -> Tweet:
+    """Our record, or one written the way the original producer wrote it (`{"texto","pais"}`).
+
+    The original's record has no id and no time: the id is derived from the record's position
+    (`topic/partition/offset`), so a replay gets the same id, and the time is the broker's
+    timestamp. Its fields are validated like any client input. Raises InvalidTweet or
+    msgspec.DecodeError for a record that is not a tweet at all.
+    """
+    try:
+        return decode_record(value)
+    except msgspec.ValidationError:
+        pass  # valid JSON, not our shape: perhaps the original's
+    texto, pais = parse_fields(msgspec.json.decode(value))
+    if timestamp_ms is not None and timestamp_ms > 0:
+        received = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    else:
+        received = now or utcnow()
+    ms = round(received.timestamp() * 1000)
+    return Tweet(derived_id(position, ms), texto, pais, received)

@@ -21,11 +21,18 @@ class BackendUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One broker record as a consumer sees it."""
+    """One broker record as a consumer sees it; `timestamp_ms` is the broker's, when it has one."""
 
     partition: int
     offset: int
     value: bytes
+    topic: str = ""
+    timestamp_ms: int | None = None
+
+    @property
+    def position(self) -> str:
+        """Where the record sits in the log, unique and stable across replays."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ from weathertweets.services.ingest import start_ingest_server
 from weathertweets.services.ingest_client import IngestClient
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, ops_router
-from weathertweets.web import Handler
 
 log = logging.getLogger("weathertweets")
 
@@ -172,7 +171,13 @@ async def run(
             )
         if {"gateway", "counter"} & set(services):
             counters = await stack.enter_async_context(
-                started(open_counters(settings.counter_url, prefix=settings.counter_prefix))
+                started(
+                    open_counters(
+                        settings.counter_url,
+                        prefix=settings.counter_prefix,
+                        seed_keys=settings.seed_keys,
+                    )
+                )
             )
 
         if "archiver" in services:
@@ -190,18 +195,15 @@ async def run(
                     f"archiver: metrics on http://{settings.host}:{settings.archiver_port}/metrics"
                 )
 
-        set_route: list[tuple[str, str, Handler]] = []
         if "counter" in services:
             assert broker is not None and counters is not None
             consumer = broker.consumer(counter.GROUP)
             await stack.enter_async_context(
                 consumer_task(counter.GROUP, consumer, counter.count_sink(counters))
             )
-            set_route = [("POST", "/set", counter.set_handler(counters))]
-            if alone:
+            if alone:  # the original's counter API: `POST /set` on its own port (the gateway too)
                 app = ops_router("counter", {"broker": broker.ping, "counters": counters.ping})
-                for method, path, handler in set_route:
-                    app.add(method, path, handler)
+                app.add("POST", "/set", counter.set_handler(counters))
                 await stack.enter_async_context(
                     http_server(app, settings.host, settings.counter_port)
                 )
@@ -233,7 +235,6 @@ async def run(
                 store,
                 counters,
                 max_batch=settings.max_batch,
-                extra_routes=set_route,
                 live=live,
             )
             await stack.enter_async_context(

@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-
-import httpx
 
 from weathertweets.config import Settings
 
@@ -42,6 +41,13 @@ class Child:
         if code is not None:
             return f"exited ({code})"
         return "ready" if self.ready else "starting"
+
+
+def _answers_200(url: str) -> bool:
+    """The standard library only: `stack` runs in the runtime image, without dev tools."""
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+        return bool(response.status == 200)
+    return False
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -83,16 +89,13 @@ class Stack:
 
     def wait_ready(self, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1) as http:
-            while time.monotonic() < deadline and not self.stopping:
-                for child in self.children.values():
-                    if not child.ready and child.process and child.process.poll() is None:
-                        url = f"http://{self.host}:{child.port}/readyz"
-                        with contextlib.suppress(httpx.HTTPError):
-                            child.ready = http.get(url).status_code == 200
-                if self._report_deaths() or all(c.ready for c in self.children.values()):
-                    break
-                time.sleep(0.2)
+        while time.monotonic() < deadline and not self.stopping:
+            for child in self.children.values():
+                if not child.ready and child.process and child.process.poll() is None:
+                    child.ready = _answers_200(f"http://{self.host}:{child.port}/readyz")
+            if self._report_deaths() or all(c.ready for c in self.children.values()):
+                break
+            time.sleep(0.2)
         return all(c.ready for c in self.children.values())
 
     @property

@@ -37,7 +37,7 @@ def open_broker(url: str, *, topic: str = "messages", partitions: int = 3) -> Br
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_broker import SqliteBroker
 
-    return SqliteBroker(path_from_url(url))
+    return SqliteBroker(path_from_url(url), topic)
 
 
 def open_store(url: str, *, collection: str = "register") -> Store:
@@ -51,11 +51,12 @@ def open_store(url: str, *, collection: str = "register") -> Store:
     return SqliteStore(path_from_url(url))
 
 
-def open_counters(url: str, *, prefix: str = "wt:") -> Counters:
+def open_counters(url: str, *, prefix: str = "wt:", seed_keys: bool = True) -> Counters:
+    """`seed_keys`: also keep the original's bare `HINCRBY <pais> <texto>` hashes (Redis only)."""
     if _scheme(url, "counters", ("sqlite", "redis")) == "redis":
         from weathertweets.backends.redis_counters import RedisCounters
 
-        return RedisCounters(url, prefix)
+        return RedisCounters(url, prefix, seed_keys=seed_keys)
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_counters import SqliteCounters
 

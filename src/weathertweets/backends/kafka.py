@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from confluent_kafka import (
-    Consumer as RdConsumer,
-)
-from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
     KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
+)
+from confluent_kafka import (
+    Consumer as RdConsumer,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -216,7 +217,9 @@ class KafkaConsumer:
             partition, offset, value = record.partition(), record.offset(), record.value()
             if partition is None or offset is None or value is None:
                 continue  # not a data record (an empty value is never ours)
-            messages.append(Message(partition, offset, value))
+            kind, stamp = record.timestamp()
+            timestamp_ms = stamp if kind != TIMESTAMP_NOT_AVAILABLE else None
+            messages.append(Message(partition, offset, value, self._topic, timestamp_ms))
         return messages
 
     async def commit(self, messages: Sequence[Message]) -> None:

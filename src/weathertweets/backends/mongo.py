@@ -3,6 +3,7 @@
 `mongodb://host:27017/weathertweets` — the database is the URL's path (default `weathertweets`),
 the collection is a setting (default `register`, the seed's). Documents are keyed by the tweet
 id, so a replayed batch inserts nothing new: duplicate-key errors are expected, not failures.
+Every time is a BSON date; `timestamp` repeats `received_at` under the original's name.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class MongoStore:
                 "_id": d.tweet.id,
                 "texto": d.tweet.texto,
                 "pais": d.tweet.pais,
+                "timestamp": d.tweet.received_at,  # the original's field: when it came in
                 "received_at": d.tweet.received_at,
                 "archived_at": d.archived_at,
             }

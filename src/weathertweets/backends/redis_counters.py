@@ -6,6 +6,12 @@ Keys (prefix default `wt:`): `total` (string), `countries` (hash pais→n), `tex
 (hash condition→n), `recent` (stream, capped), and `offsets:<group>` (hash partition→next
 offset). One Lua script per batch checks the offsets, applies the increments
 and moves the offsets, atomically: a replayed record is skipped, never counted twice.
+
+With `seed_keys` (on by default) the same script also keeps the original system's hashes,
+`HINCRBY <pais> <texto> n` on the bare country key, so its Grafana panels (`HGETALL <pais>`)
+work unchanged. A country whose bare key would fall under our prefix, or that names a key of
+another type, gets no seed hash: the script checks before it writes anything, because Redis
+does not roll back a script that fails half-way.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ RECENT_MAX = 1000  # entries kept in the `recent` stream (approximately)
 RECENT_PER_BATCH = 200  # the newest tweets of a batch that go to the stream
 
 # ARGV: prefix, group ('' = direct increments, no offsets), recent_max, recent_per_batch,
-# then partition, offset, pais, texto, condition for each record.
+# seed_keys ('1' or '0'), then partition, offset, pais, texto, condition for each record.
 APPLY = """
 local prefix, group = ARGV[1], ARGV[2]
 local recent_max, recent_per_batch = tonumber(ARGV[3]), tonumber(ARGV[4])
+local seed_keys = ARGV[5] == '1'
 local offsets_key = prefix .. 'offsets:' .. group
 local next_offset, countries, texts, by_country, fresh = {}, {}, {}, {}, {}
 local conditions, country_conditions = {}, {}
-for i = 5, #ARGV, 5 do
+for i = 6, #ARGV, 5 do
   local partition, offset = ARGV[i], tonumber(ARGV[i + 1])
   local start = 0
   if group ~= '' then
@@ -66,9 +73,18 @@ for texto, n in pairs(texts) do
   redis.call('HINCRBY', prefix .. 'texts', texto, n)
   redis.call('ZINCRBY', prefix .. 'rank:texts', n, texto)
 end
+local seed_ok = {}
+if seed_keys then
+  for pais in pairs(by_country) do
+    local kind = redis.call('TYPE', pais)['ok']
+    local ours = prefix ~= '' and string.sub(pais, 1, #prefix) == prefix
+    seed_ok[pais] = (not ours) and (kind == 'none' or kind == 'hash')
+  end
+end
 for pais, per in pairs(by_country) do
   for texto, n in pairs(per) do
     redis.call('HINCRBY', prefix .. 'country:' .. pais, texto, n)
+    if seed_ok[pais] then redis.call('HINCRBY', pais, texto, n) end
   end
 end
 for condition, n in pairs(conditions) do
@@ -97,8 +113,9 @@ def _by_count(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[str, int]]:
 
 
 class RedisCounters:
-    def __init__(self, url: str, prefix: str = "wt:") -> None:
+    def __init__(self, url: str, prefix: str = "wt:", *, seed_keys: bool = True) -> None:
         self.prefix = prefix
+        self.seed_keys = seed_keys
         self._redis = Redis.from_url(url, decode_responses=True, socket_timeout=10)
         self._apply = self._redis.register_script(APPLY)
 
@@ -106,7 +123,8 @@ class RedisCounters:
         await self.ping()
 
     async def _run(self, group: str, tweets: Sequence[CountedTweet]) -> int:
-        args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH]
+        seed = "1" if self.seed_keys else "0"
+        args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH, seed]
         for t in tweets:
             args += [t.partition, t.offset, t.pais, t.texto, t.condition]
         try:

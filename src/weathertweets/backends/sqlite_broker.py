@@ -25,8 +25,9 @@ _IDLE_POLL = 0.05  # seconds between looks at the file when another process publ
 
 
 class SqliteBroker:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, topic: str = "messages") -> None:
         self._path = path
+        self.topic = topic
         self._writer = SqliteThread(path, SCHEMA, "broker")
         self._appender = Batcher(self._append, max_batch=20_000, max_in_flight=1)
         self._listeners: set[asyncio.Event] = set()
@@ -47,7 +48,7 @@ class SqliteBroker:
         await self._writer.run(append)
 
     def consumer(self, group: str) -> SqliteConsumer:
-        return SqliteConsumer(self._path, group, self._writer, self._listeners)
+        return SqliteConsumer(self._path, group, self._writer, self._listeners, self.topic)
 
     async def ping(self) -> None:
         await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -59,9 +60,15 @@ class SqliteBroker:
 
 class SqliteConsumer:
     def __init__(
-        self, path: Path, group: str, writer: SqliteThread, listeners: set[asyncio.Event]
+        self,
+        path: Path,
+        group: str,
+        writer: SqliteThread,
+        listeners: set[asyncio.Event],
+        topic: str = "messages",
     ) -> None:
         self._group = group
+        self._topic = topic
         self._db = SqliteThread(path, SCHEMA, f"consumer-{group}")
         # Commits share the publisher's connection: SQLite has one writer, and queueing behind
         # it in one thread beats sleeping in its busy handler.
@@ -92,7 +99,7 @@ class SqliteConsumer:
         ).fetchall()
         if rows:
             self._next_offset = rows[-1][0] + 1
-        return [Message(PARTITION, offset, value) for offset, value in rows]
+        return [Message(PARTITION, offset, value, self._topic) for offset, value in rows]
 
     def _committed(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT next_offset FROM positions WHERE grp = ?", (self._group,))

@@ -14,7 +14,7 @@ from functools import partial
 
 import msgspec
 
-from weathertweets.domain import Tweet, decode_record
+from weathertweets.domain import InvalidTweet, Tweet, decode_any_record
 from weathertweets.metrics import BATCH_SIZE, E2E_LATENCY, LAG, POISON, PROCESSED
 from weathertweets.ports import Consumer, Message
 
@@ -27,8 +27,9 @@ def decode_batch(group: str, messages: Sequence[Message]) -> list[tuple[Message,
     decoded = []
     for message in messages:
         try:
-            decoded.append((message, decode_record(message.value)))
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+            tweet = decode_any_record(message.value, message.position, message.timestamp_ms)
+            decoded.append((message, tweet))
+        except (msgspec.DecodeError, InvalidTweet, UnicodeDecodeError) as error:
             POISON.labels(group).inc()
             log.error(
                 "%s: skipping record %d/%d: %s", group, message.partition, message.offset, error

@@ -9,19 +9,25 @@ from typing import Any, Protocol
 
 from weathertweets import __version__
 from weathertweets.domain import InvalidTweet, Tweet, make_tweet, parse_fields, utcnow
+from weathertweets.forms import FORM_TYPES, parse_form
 from weathertweets.metrics import ACCEPTED, BATCH_SIZE
 from weathertweets.openapi import docs_page, openapi_spec
 from weathertweets.ports import Counters, Store
 from weathertweets.services.assets import load_assets, wants_html
+from weathertweets.services.counter import set_handler
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import add_ops_routes
 from weathertweets.weather import dominant
-from weathertweets.web import Handler, HTTPError, Request, Response, Router, parse_json
+from weathertweets.web import HTTPError, Request, Response, Router, parse_json
 
 SINGLE_BODY_LIMIT = 64 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson"}
-TWEET_PATHS = ("/input", "/", "/insert")
+# The course's path, the original's two, and the same with a trailing slash: the original's
+# Locust file, given the host `http://<ingress>/insert`, posts to `/insert/`.
+TWEET_PATHS = ("/input", "/input/", "/", "/insert", "/insert/")
+# Routes only the cluster reaches (probes, Prometheus); everything else goes through the ingress.
+INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Publisher(Protocol):
@@ -34,9 +40,8 @@ def _require_json(request: Request, also: set[str] | frozenset[str] = frozenset(
     media = request.media_type()
     if media in ("", "application/json") or media.endswith("+json") or media in also:
         return media
-    raise HTTPError(
-        415, "unsupported_media_type", f"send application/json, not {media}", "content-type"
-    )
+    accepted = ", ".join(["application/json", *sorted(also)])
+    raise HTTPError(415, "unsupported_media_type", f"send {accepted}, not {media}", "content-type")
 
 
 def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -60,7 +65,6 @@ class Gateway:
         counters: Counters,
         *,
         max_batch: int = 10_000,
-        extra_routes: Sequence[tuple[str, str, Handler]] = (),
         live: LiveFeed | None = None,
     ) -> None:
         self._ingest, self._store, self._counters = ingest, store, counters
@@ -70,8 +74,9 @@ class Gateway:
         self.router = Router("gateway")
         for path in TWEET_PATHS:
             self.router.add("POST", path, self.post_tweet)
+            self.router.add("GET", path, self.index)  # the original's Locust also GETs them
+        self.router.add("POST", "/set", set_handler(counters))
         self.router.add("POST", "/api/v1/tweets", self.post_batch)
-        self.router.add("GET", "/", self.index)
         self.router.add("GET", "/api/v1/stats", self.stats)
         self.router.add("GET", "/api/v1/countries/{pais}", self.country)
         self.router.add("GET", "/api/v1/tweets", self.recent)
@@ -82,14 +87,17 @@ class Gateway:
         self.router.add("GET", "/api/v1/dashboard", self.live_snapshot)
         self.router.add("GET", "/openapi.json", self.openapi)
         self.router.add("GET", "/docs", self.docs)
-        for method, path, handler in extra_routes:
-            self.router.add(method, path, handler)
         checks = {"ingest": ingest.ping, "store": store.ping, "counters": counters.ping}
         add_ops_routes(self.router, checks)
 
     async def post_tweet(self, request: Request) -> Response:
-        _require_json(request)
-        texto, pais = parse_fields(parse_json(await request.body(SINGLE_BODY_LIMIT)))
+        media = _require_json(request, FORM_TYPES)
+        body = await request.body(SINGLE_BODY_LIMIT)
+        if media in FORM_TYPES:
+            fields: object = parse_form(media, request.header(b"content-type") or b"", body)
+        else:
+            fields = parse_json(body)
+        texto, pais = parse_fields(fields)
         tweet = make_tweet(texto, pais)
         await self._ingest.publish([tweet])
         ACCEPTED.inc()

@@ -31,6 +31,13 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+# Clients are asked to reconnect now and then, so a gateway balancing over a headless Service
+# resolves its name again and finds the ingest replicas added since it connected.
+SERVER_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.max_connection_age_ms", 120_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+]
 
 
 def to_pb(tweet: Tweet) -> ingest_pb2.Tweet:
@@ -102,7 +109,7 @@ class IngestService(
 
 
 async def start_ingest_server(broker: Broker, address: str) -> grpc.aio.Server:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     service = IngestService(broker)
     ingest_pb2_grpc.add_TweetIngestServicer_to_server(service, server)
     confproto_pb2_grpc.add_getInfoServicer_to_server(service, server)

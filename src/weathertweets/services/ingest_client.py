@@ -1,8 +1,16 @@
-"""The gateway's side of ingest: one persistent gRPC channel, concurrent tweets sent in batches."""
+"""The gateway's side of ingest: one gRPC channel, balanced over every ingest replica.
+
+The target is any gRPC name: `host:port`, `dns:///ingest-headless:50051` (a headless Service:
+one address per replica), or `ipv4:10.0.0.1:50051,10.0.0.2:50051`. The channel balances
+round-robin over every address the name resolves to and stops using one as soon as its
+connection fails, so losing a replica fails only the calls in flight on it.
+Concurrent tweets are sent in batches.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import grpc
@@ -13,12 +21,15 @@ from weathertweets.ports import BackendUnavailable
 from weathertweets.proto import ingest_pb2, ingest_pb2_grpc
 from weathertweets.services.ingest import GRPC_OPTIONS, to_pb
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+CHANNEL_OPTIONS = [*GRPC_OPTIONS, ("grpc.service_config", ROUND_ROBIN)]
+
 
 class IngestClient:
     def __init__(self, target: str, *, timeout: float = 10.0, max_batch: int = 10_000) -> None:
         self.target = target
         self._timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ingest_pb2_grpc.TweetIngestStub(self._channel)
         self._batcher = Batcher(self._send, max_batch=max_batch, max_in_flight=8)
 
