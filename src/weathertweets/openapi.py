@@ -44,18 +44,32 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "Malformed JSON or not UTF-8",
         413: "Body or batch too large",
-        415: "Not application/json",
+        415: "Neither JSON nor a form",
         422: "Invalid tweet; `field` names the culprit",
         503: "The broker cannot take tweets now; see Retry-After",
     }
     return {str(s): {"description": meaning[s], **_json(_ERROR)} for s in statuses}
 
 
+_FORM = {
+    "type": "object",
+    "required": ["texto", "pais"],
+    "properties": {"texto": {"type": "string"}, "pais": {"type": "string"}},
+}
+
+
 def _post_tweet(summary: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "requestBody": {"required": True, **_json(_TWEET_IN)},
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _TWEET_IN},
+                    "application/x-www-form-urlencoded": {"schema": _FORM},
+                    "multipart/form-data": {"schema": _FORM},
+                },
+            },
             "responses": {
                 "202": {
                     "description": "Durable on the broker",
@@ -88,8 +102,31 @@ def openapi_spec() -> dict[str, Any]:
         "info": {"title": "Weather Tweets gateway", "version": __version__},
         "paths": {
             "/input": _post_tweet("Post one tweet"),
+            "/input/": _post_tweet("Post one tweet (with a trailing slash)"),
             "/": _post_tweet("Post one tweet (the seed's path)"),
             "/insert": _post_tweet("Post one tweet (the seed's alias)"),
+            "/insert/": _post_tweet("Post one tweet (the seed's Locust with host …/insert)"),
+            "/set": {
+                "post": {
+                    "summary": "The seed's counter API: count one text for a country directly",
+                    "requestBody": {
+                        "required": True,
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "Pais": {"type": "string"},
+                                    "Texto": {"type": "string"},
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {
+                        "200": {"description": "`Data set` (text/plain)"},
+                        **_errors(400, 422, 503),
+                    },
+                }
+            },
             "/api/v1/tweets": {
                 "post": {
                     "summary": "Post a batch: a JSON array or NDJSON, all or nothing",
