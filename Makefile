@@ -12,7 +12,7 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(
 RUNTIME_STAMP := $(VENV)/.runtime
 DEV_STAMP := $(VENV)/.dev
 DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py
 
 .PHONY: install dev run test lint format unit e2e services services-down services-status chart browser dashboards bench lock clean
 

@@ -148,6 +148,7 @@ class Context:
     store: Store | None = None
     counters: Counters | None = None
     checks: dict[str, Check] = field(default_factory=dict)
+    frontend: Callable[[Gateway], Any] | None = None  # another HTTP layer (the bench compares)
 
     async def serve_ops(self, service: str, port: int, extra: Router | None = None) -> None:
         """A standalone service's own HTTP port: probes, metrics (and `extra`'s routes)."""
@@ -232,7 +233,8 @@ async def _start_gateway(ctx: Context) -> None:
         checks=ctx.checks,
         access_log=settings.access_log,
     )
-    await ctx.stack.enter_async_context(http_server(gateway.app, settings.host, settings.port))
+    app = gateway.app if ctx.frontend is None else ctx.frontend(gateway)
+    await ctx.stack.enter_async_context(http_server(app, settings.host, settings.port))
 
     async def stop_live() -> None:  # runs first: open dashboards let go at once
         await live.close()
@@ -291,6 +293,7 @@ async def run(
     *,
     announce: Callable[[str], None] = print,
     stopping: asyncio.Event | None = None,
+    frontend: Callable[[Gateway], Any] | None = None,
 ) -> None:
     """Run `services` until SIGINT/SIGTERM (or `stopping` is set), then stop them cleanly.
 
@@ -308,6 +311,7 @@ async def run(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(supervisor.stop)
         ctx = Context(settings, stack, supervisor, announce, len(chosen) == 1, model)
+        ctx.frontend = frontend
         ctx.checks["tasks"] = supervisor.check
         await _open_backends(ctx, set().union(*(s.needs for s in chosen)))
         for service in chosen:

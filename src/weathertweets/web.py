@@ -159,6 +159,15 @@ class Router:
         else:
             self._exact[(method, path)] = handler
 
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """(method, path, handler); a prefix route's path ends in its `{parameter}`."""
+        exact = [(method, path, handler) for (method, path), handler in self._exact.items()]
+        prefixed = [(m, prefix + "{" + name + "}", h) for m, prefix, name, h in self._prefixed]
+        return exact + prefixed
+
+    def error_response(self, error: Exception, request: Request) -> Response:
+        return self._error_response(error, request)
+
     def paths(self) -> set[str]:
         return {path for _, path in self._exact} | {p for _, p, _, _ in self._prefixed}
 
