@@ -26,7 +26,7 @@ $(UV):
 # The runtime only (what `make run` needs); the dev tools come with `make test`.
 $(RUNTIME_STAMP): $(DEPENDS) tools/assets/package-lock.json | $(UV)
 	@test -x $(BIN)/python || $(UV) venv --seed --quiet --python $(PYTHON_EXE) $(VENV)
-	$(SYNC)
+	$(SYNC) --reinstall-package weathertweets  # rebuilds the gRPC stubs from the .proto files
 	tools/assets/vendor.sh
 	@touch $@
 

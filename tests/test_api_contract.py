@@ -14,7 +14,9 @@ from openapi_spec_validator import validate as validate_spec
 
 from tests.test_gateway import RecordingPublisher
 from weathertweets import schemas
+from weathertweets.access import Access
 from weathertweets.backends.sqlite_counters import SqliteCounters
+from weathertweets.backends.sqlite_idempotency import SqliteIdempotency
 from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.client import ApiError, AsyncClient, Client, Retries
 from weathertweets.domain import make_tweet, utcnow
@@ -23,6 +25,7 @@ from weathertweets.openapi import OPERATIONS, openapi_spec
 from weathertweets.ports import ArchivedTweet
 from weathertweets.services.gateway import INTERNAL_PATHS, Gateway
 from weathertweets.services.live import LiveFeed
+from weathertweets.services.writes import WriteGuard
 
 
 @pytest.fixture
@@ -34,9 +37,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     await counters.increment("Chile", "Sol radiante", "clear")
     tweet = make_tweet("Sol radiante", "Chile")
     await store.archive([ArchivedTweet(tweet, utcnow())])
-    yield Gateway(RecordingPublisher(), store, counters, max_batch=100, live=live)
+    keys = SqliteIdempotency(tmp_path / "c.db")
+    await keys.start()
+    guard = WriteGuard(Access(), idempotency=keys)
+    yield Gateway(RecordingPublisher(), store, counters, max_batch=100, live=live, guard=guard)
     await store.close()
     await counters.close()
+    await keys.close()
 
 
 def test_the_document_is_valid_openapi_with_a_schema_for_every_success() -> None:

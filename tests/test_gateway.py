@@ -9,13 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from weathertweets.access import Access
 from weathertweets.backends.sqlite_counters import SqliteCounters
+from weathertweets.backends.sqlite_idempotency import SqliteIdempotency
 from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.domain import Tweet
 from weathertweets.energy import EnergyModel
 from weathertweets.ports import BackendUnavailable
 from weathertweets.services.gateway import Gateway
 from weathertweets.services.live import LiveFeed
+from weathertweets.services.writes import WriteGuard
 
 
 class RecordingPublisher:
@@ -48,18 +51,16 @@ async def client(tmp_path: Path, publisher: RecordingPublisher) -> AsyncIterator
     await store.start()
     await counters.start()
     live = LiveFeed(store, counters, EnergyModel("gateway", 0.71, 4.26), 475, "test process")
-    gateway = Gateway(
-        publisher,
-        store,
-        counters,
-        max_batch=100,
-        live=live,
-    )
+    keys = SqliteIdempotency(tmp_path / "c.db")
+    await keys.start()
+    guard = WriteGuard(Access(), idempotency=keys)
+    gateway = Gateway(publisher, store, counters, max_batch=100, live=live, guard=guard)
     transport = httpx.ASGITransport(app=gateway.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         yield http
     await store.close()
     await counters.close()
+    await keys.close()
 
 
 JSON = {"content-type": "application/json"}
@@ -256,16 +257,45 @@ async def test_browsers_get_the_page_and_clients_get_json(client: httpx.AsyncCli
 
 async def test_live_snapshot_matches_the_stats(client: httpx.AsyncClient) -> None:
     await client.post("/set", json={"pais": "Turquía", "texto": "Calor sofocante"})
-    await client.post("/set", json={"pais": "Narnia", "texto": "Nieve"})
+    await client.post("/set", json={"Pais": "peru", "Texto": "Nieve"})  # → Perú
     await client.post("/input", json={"pais": "Chile", "texto": "Sol"})
     snapshot = (await client.get("/api/v1/dashboard")).json()
     stats = (await client.get("/api/v1/stats")).json()
     assert snapshot["total"] == stats["total"] == 2
-    assert snapshot["countries"] == stats["countries"]
-    assert snapshot["map"] == {"iso": {"tr": 1}, "unknown": {"Narnia": 1}}
+    assert snapshot["countries"] == stats["countries"] == {"Turquía": 1, "Perú": 1}
+    assert snapshot["map"] == {"iso": {"tr": 1, "pe": 1}, "unknown": {}}
     assert snapshot["weather"]["Turquía"] == {"dominant": "heat", "counts": {"heat": 1}}
     assert snapshot["conditions"] == stats["conditions"] == {"heat": 1, "snow": 1}
     energy = snapshot["energy"]
     assert energy["joules"] > 0 and energy["tweets"] >= 1
     assert energy["joules_per_1000_tweets"] > 0
     assert "Cloud Carbon Footprint" in energy["model"]
+
+
+async def test_countries_are_canonical_and_unknown_ones_refused(
+    client: httpx.AsyncClient, publisher: RecordingPublisher
+) -> None:
+    for spelling in ("Mexico", "méxico", "  MEXICO "):
+        assert (
+            await client.post("/input", json={"texto": "Sol", "pais": spelling})
+        ).status_code == 202
+    assert {t.pais for t in publisher.tweets} == {"México"}
+    refused = await client.post("/input", json={"texto": "Sol", "pais": "Narnia"})
+    assert refused.status_code == 422 and _error(refused)["field"] == "pais"
+    assert (await client.post("/set", json={"Pais": "Narnia", "Texto": "x"})).status_code == 422
+    await client.post("/set", json={"Pais": "Mexico", "Texto": "Sol"})
+    assert (await client.get("/api/v1/countries/Mexico")).json()["pais"] == "México"
+    assert len(publisher.tweets) == 3
+
+
+async def test_unknown_countries_can_be_accepted(tmp_path: Path) -> None:
+    store, counters = SqliteStore(tmp_path / "s.db"), SqliteCounters(tmp_path / "c.db")
+    await store.start()
+    await counters.start()
+    gateway = Gateway(RecordingPublisher(), store, counters, accept_unknown_countries=True)
+    transport = httpx.ASGITransport(app=gateway.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        answer = await http.post("/input", json={"texto": "Nieve", "pais": "Narnia"})
+    await store.close()
+    await counters.close()
+    assert answer.status_code == 202

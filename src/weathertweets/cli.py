@@ -38,6 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
     from weathertweets.logs import configure
+    from weathertweets.ports import BackendUnavailable
     from weathertweets.runtime import ServiceFailed, run
 
     settings = _settings(args)
@@ -54,7 +55,7 @@ def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
     except ServiceFailed as error:
         logging.getLogger("weathertweets").error("%s", error)
         return 1
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, BackendUnavailable) as error:  # one line, no traceback
         if settings.log_format == "json":
             logging.getLogger("weathertweets").error("error: %s", error)
         else:

@@ -77,6 +77,9 @@ class Settings:
         True, "1: also keep the original's bare HINCRBY <pais> <texto> hashes"
     )
     max_batch: int = setting(10_000, "most tweets in one POST /api/v1/tweets")
+    unknown_countries: str = setting(
+        "refuse", "refuse (422 naming pais) or accept a country name we do not know"
+    )
     log_level: str = setting("info", "debug, info, warning or error")
     log_format: str = setting("text", "text, or json: one JSON object per line")
     access_log: bool = setting(True, "1: one log line per HTTP request (method, path, status, ms)")
@@ -85,6 +88,19 @@ class Settings:
     grid_gco2_per_kwh: float = setting(475.0, "grid carbon intensity, gCO2e per kWh")
     prometheus_targets_file: str = setting(
         "", "`stack` writes its services' /metrics addresses here (file_sd)"
+    )
+    api_keys: str = setting("", "bearer keys that may write, comma-separated (none: anyone)")
+    api_keys_file: str = setting("", "a file of write keys, one per line (# comments)")
+    read_keys: str = setting("", "bearer keys that may read the API (none: reads are public)")
+    allow_anonymous: bool = setting(
+        False, "1: listen beyond loopback with no write keys (a classroom demo)", flag=True
+    )
+    internal_token: str = setting(
+        "", "shared secret of gateway → ingest calls (up and stack make one when unset)"
+    )
+    rate_limit: float = setting(0.0, "tweets a second per caller (key, or address); 0: no limit")
+    max_concurrent: int = setting(
+        1000, "requests a gateway process works on at once; more get 503 + Retry-After"
     )
     otlp_endpoint: str = setting(
         "", "OpenTelemetry: send traces to this OTLP/HTTP endpoint (needs the `tracing` extra)"
@@ -109,9 +125,13 @@ class Settings:
         for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
-        for name in ("partitions", "max_batch"):
+        for name in ("partitions", "max_batch", "max_concurrent"):
             if getattr(self, name) < 1:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.unknown_countries not in ("refuse", "accept"):
+            raise SettingError(
+                f"WT_UNKNOWN_COUNTRIES={self.unknown_countries!r}: use refuse or accept"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingError(f"WT_LOG_FORMAT={self.log_format!r}: use text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -128,6 +148,10 @@ class Settings:
         self.counter_url = self.counter_url or f"sqlite:///{base}/counters.db"
         self.ingest_target = self.ingest_target or f"127.0.0.1:{self.ingest_port}"
         return self.checked()
+
+    @property
+    def accept_unknown_countries(self) -> bool:
+        return self.unknown_countries == "accept"
 
     def environment(self) -> dict[str, str]:
         """These settings as the `WT_*` variables that reproduce them in another process."""

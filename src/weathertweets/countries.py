@@ -1,7 +1,9 @@
-"""Country names in Spanish (and common variants) → ISO 3166-1 alpha-2 codes, for the world map.
+"""Country names in Spanish, English and common variants → ISO 3166-1 alpha-2 codes, and one
+canonical Spanish name per country (what the counters and the archive use).
 
-Matching ignores case, accents and a leading article, so "Perú", "peru" and "El Perú" agree.
-Names it does not know are reported by `iso_codes` rather than dropped.
+Matching ignores case, accents and a leading article, so "Perú", "peru", "El Perú" and "Peru"
+agree. Names it does not know are refused at the door (unless configured to accept them) and
+reported by `iso_codes` rather than dropped.
 """
 
 from __future__ import annotations
@@ -58,10 +60,59 @@ SPANISH: dict[str, str] = {
     "Uganda": "ug", "Uruguay": "uy", "Uzbekistán": "uz", "Vanuatu": "vu", "Vaticano": "va",
     "Venezuela": "ve", "Vietnam": "vn", "Yemen": "ye", "Yibuti": "dj", "Zambia": "zm",
     "Zimbabue": "zw", "Sahara Occidental": "eh", "Hong Kong": "hk", "Nueva Caledonia": "nc",
+    "Macedonia": "mk", "República de Corea": "kr", "Corea": "kr", "Estados Unidos Mexicanos": "mx",
+    "Reino de España": "es", "Gran Bretaña": "gb", "Escocia": "gb", "Gales": "gb",
+    "Federación Rusa": "ru", "Viet Nam": "vn", "Timor-Leste": "tl", "Burkina": "bf",
+}
+
+# English names and common variants (the Spanish ones above are matched too).
+ENGLISH: dict[str, str] = {
+    "Afghanistan": "af", "Algeria": "dz", "Antigua and Barbuda": "ag", "Azerbaijan": "az",
+    "Bahrain": "bh", "Belarus": "by", "Belgium": "be", "Belize": "bz", "Benin": "bj",
+    "Bhutan": "bt", "Bosnia and Herzegovina": "ba", "Botswana": "bw", "Brazil": "br",
+    "Brunei": "bn", "Burma": "mm", "Cambodia": "kh", "Cameroon": "cm", "Canada": "ca",
+    "Cape Verde": "cv", "Central African Republic": "cf", "Comoros": "km",
+    "Republic of the Congo": "cg", "Democratic Republic of the Congo": "cd", "DR Congo": "cd",
+    "North Korea": "kp", "South Korea": "kr", "Korea": "kr", "Ivory Coast": "ci",
+    "Côte d'Ivoire": "ci", "Croatia": "hr", "Cyprus": "cy", "Czech Republic": "cz",
+    "Czechia": "cz", "Denmark": "dk", "Djibouti": "dj", "Dominican Republic": "do",
+    "East Timor": "tl", "Timor-Leste": "tl", "Egypt": "eg", "Equatorial Guinea": "gq",
+    "Eswatini": "sz", "Swaziland": "sz", "Ethiopia": "et", "Fiji": "fj", "Finland": "fi",
+    "France": "fr", "Gabon": "ga", "Germany": "de", "Greece": "gr", "Greenland": "gl",
+    "Grenada": "gd", "Guinea-Bissau": "gw", "Haiti": "ht", "Hungary": "hu", "Iceland": "is",
+    "Iran": "ir", "Iraq": "iq", "Ireland": "ie", "Italy": "it", "Japan": "jp", "Jordan": "jo",
+    "Kazakhstan": "kz", "Kenya": "ke", "Kyrgyzstan": "kg", "Latvia": "lv", "Lebanon": "lb",
+    "Lesotho": "ls", "Libya": "ly", "Lithuania": "lt", "Luxembourg": "lu",
+    "North Macedonia": "mk", "Malawi": "mw", "Malaysia": "my", "Maldives": "mv", "Mali": "ml",
+    "Marshall Islands": "mh", "Mauritius": "mu", "Mexico": "mx", "Moldova": "md",
+    "Monaco": "mc", "Morocco": "ma", "Netherlands": "nl", "Holland": "nl", "New Zealand": "nz",
+    "Niger": "ne", "Norway": "no", "Oman": "om", "Pakistan": "pk", "Palau": "pw",
+    "Panama": "pa", "Papua New Guinea": "pg", "Peru": "pe", "Philippines": "ph",
+    "Poland": "pl", "Romania": "ro", "Russia": "ru", "Russian Federation": "ru",
+    "Rwanda": "rw", "Saint Kitts and Nevis": "kn", "Saint Lucia": "lc",
+    "Saint Vincent and the Grenadines": "vc", "Sao Tome and Principe": "st",
+    "Saudi Arabia": "sa", "Sierra Leone": "sl", "Singapore": "sg", "Slovakia": "sk",
+    "Slovenia": "si", "Solomon Islands": "sb", "South Africa": "za", "South Sudan": "ss",
+    "Spain": "es", "Sudan": "sd", "Suriname": "sr", "Sweden": "se", "Switzerland": "ch",
+    "Syria": "sy", "Taiwan": "tw", "Tajikistan": "tj", "Thailand": "th",
+    "Trinidad and Tobago": "tt", "Tunisia": "tn", "Turkey": "tr", "Türkiye": "tr",
+    "Turkmenistan": "tm", "Ukraine": "ua", "United Arab Emirates": "ae", "UAE": "ae",
+    "United Kingdom": "gb", "UK": "gb", "Great Britain": "gb", "Britain": "gb",
+    "England": "gb", "Scotland": "gb", "Wales": "gb", "United States": "us",
+    "United States of America": "us", "USA": "us", "US": "us", "America": "us",
+    "Uzbekistan": "uz", "Vatican City": "va", "Holy See": "va", "Viet Nam": "vn",
+    "Yemen": "ye", "Zambia": "zm", "Zimbabwe": "zw", "Western Sahara": "eh",
+    "New Caledonia": "nc", "Bangladesh": "bd", "Chad": "td", "Lao": "la", "Micronesia": "fm",
+    "Sri Lanka": "lk", "Somalia": "so", "Nepal": "np", "Qatar": "qa", "Estonia": "ee",
+    "Mauritania": "mr", "Mongolia": "mn", "Montenegro": "me", "Mozambique": "mz",
+    "Namibia": "na", "Nauru": "nr", "Nigeria": "ng", "Nicaragua": "ni", "Samoa": "ws",
+    "San Marino": "sm", "Senegal": "sn", "Serbia": "rs", "Seychelles": "sc", "Togo": "tg",
+    "Tonga": "to", "Tuvalu": "tv", "Uganda": "ug", "Uruguay": "uy", "Vanuatu": "vu",
+    "Venezuela": "ve", "Vietnam": "vn", "Tanzania": "tz", "Palestine": "ps",
 }
 # fmt: on
 
-_ARTICLES = ("el ", "la ", "los ", "las ")
+_ARTICLES = ("el ", "la ", "los ", "las ", "the ")
 
 
 def _key(name: str) -> str:
@@ -72,12 +123,22 @@ def _key(name: str) -> str:
     return folded
 
 
-_BY_KEY = {_key(name): code for name, code in SPANISH.items()}
+_BY_KEY = {_key(name): code for name, code in {**ENGLISH, **SPANISH}.items()}
+# One Spanish name per country: the first listed for its code.
+CANONICAL: dict[str, str] = {}
+for _name, _code in SPANISH.items():
+    CANONICAL.setdefault(_code, _name)
 
 
 def iso_code(pais: str) -> str | None:
-    """ISO alpha-2 (lower case) of a country's Spanish name, or None if unknown."""
+    """ISO alpha-2 (lower case) of a country's name (Spanish, English, variants), or None."""
     return _BY_KEY.get(_key(pais))
+
+
+def canonical(pais: str) -> str | None:
+    """The one Spanish name we count a country under ("mexico", "Mexico" → "México")."""
+    code = iso_code(pais)
+    return None if code is None else CANONICAL[code]
 
 
 def iso_codes(counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:

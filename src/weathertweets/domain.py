@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from weathertweets.countries import canonical
 from weathertweets.ids import derived_id, new_id
 
 MAX_TEXTO = 280
@@ -20,13 +21,17 @@ TEXTO_ALIASES = ("texto", "text")
 PAIS_ALIASES = ("pais", "país", "country")
 
 
-class Tweet(msgspec.Struct, frozen=True, gc=False):
-    """One accepted tweet; `id` is time-ordered and unique, `received_at` is UTC."""
+class Tweet(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One accepted tweet; `id` is time-ordered and unique, `received_at` is UTC.
+
+    `keyed`: sent with an Idempotency-Key, so the same tweet (same id) may reach the broker
+    more than once after a retry; the sinks keep it once."""
 
     id: str
     texto: str
     pais: str
     received_at: datetime
+    keyed: bool = False
 
 
 class InvalidTweet(ValueError):
@@ -75,12 +80,26 @@ def _pick(obj: Mapping[str, Any], aliases: Iterable[str], field: str) -> object:
     return first
 
 
-def parse_fields(obj: object) -> tuple[str, str]:
+def clean_country(value: object, accept_unknown: bool = False) -> str:
+    """The canonical Spanish name of a country given in Spanish, English or a common variant;
+    an unknown name is refused (InvalidTweet on `pais`) unless `accept_unknown`."""
+    pais = clean_text(value, "pais", MAX_PAIS)
+    found = canonical(pais)
+    if found is not None:
+        return found
+    if accept_unknown:
+        return pais
+    raise InvalidTweet(
+        f"'pais' {pais!r} is not a country we know; send its name in Spanish or English", "pais"
+    )
+
+
+def parse_fields(obj: object, accept_unknown: bool = False) -> tuple[str, str]:
     """Validate one decoded JSON value as a tweet; return (texto, pais). Other keys are ignored."""
     if not isinstance(obj, dict):
         raise InvalidTweet(f"a tweet must be a JSON object, not {_json_type(obj)}")
     texto = clean_text(_pick(obj, TEXTO_ALIASES, "texto"), "texto", MAX_TEXTO)
-    pais = clean_text(_pick(obj, PAIS_ALIASES, "pais"), "pais", MAX_PAIS)
+    pais = clean_country(_pick(obj, PAIS_ALIASES, "pais"), accept_unknown)
     return texto, pais
 
 
@@ -114,7 +133,11 @@ def decode_record(value: bytes) -> Tweet:
 
 
 def decode_any_record(
-    value: bytes, position: str, timestamp_ms: int | None, now: datetime | None = None
+    value: bytes,
+    position: str,
+    timestamp_ms: int | None,
+    now: datetime | None = None,
+    accept_unknown: bool = False,
 ) -> Tweet:
     """Our record, or one written the way the original producer wrote it (`{"texto","pais"}`).
 
@@ -127,7 +150,7 @@ def decode_any_record(
         return decode_record(value)
     except msgspec.ValidationError:
         pass  # valid JSON, not our shape: perhaps the original's
-    texto, pais = parse_fields(msgspec.json.decode(value))
+    texto, pais = parse_fields(msgspec.json.decode(value), accept_unknown)
     if timestamp_ms is not None and timestamp_ms > 0:
         received = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
     else:

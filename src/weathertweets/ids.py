@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_MAX = (1 << 80) - 1
 _lock = threading.Lock()
 _last_ms = -1
@@ -21,7 +21,7 @@ _last_random = 0
 def _encode(value: int) -> str:
     chars = []
     for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
+        chars.append(ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
 
@@ -47,7 +47,7 @@ def id_time_ms(tweet_id: str) -> int:
     """The millisecond timestamp an id was made at."""
     value = 0
     for char in tweet_id[:10]:
-        value = value * 32 + _ALPHABET.index(char)
+        value = value * 32 + ALPHABET.index(char)
     return value
 
 

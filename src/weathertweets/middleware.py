@@ -27,9 +27,25 @@ def _request_id(scope: Scope) -> bytes:
     return uuid.uuid4().hex[:16].encode()
 
 
+_SHED_BODY = (
+    b'{"error":{"code":"overloaded","message":"too many requests in progress; retry soon"}}'
+)
+
+
+async def _shed(send: Send) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_SHED_BODY)).encode()),
+        (b"retry-after", b"1"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _SHED_BODY})
+
+
 class Observed:
     """Gives each request an id (echoed as `x-request-id`), times it, counts it by route and
-    status, logs one access line, and calls `on_response` hooks (the gateway counts rejections)."""
+    status, logs one access line, and calls `on_response` hooks (the gateway counts rejections).
+    Past `max_concurrent` requests in progress it sheds load: 503 with Retry-After."""
 
     def __init__(
         self,
@@ -38,10 +54,13 @@ class Observed:
         *,
         access_log: bool = True,
         on_response: ResponseHook | None = None,
+        max_concurrent: int = 0,
     ) -> None:
         self.app, self.service = app, service
         self._access_log = access_log
         self._on_response = on_response
+        self._max_concurrent = max_concurrent  # 0: no cap
+        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,9 +79,14 @@ class Observed:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id)]
             await send(message)
 
+        self._in_flight += 1
         try:
-            await self.app(scope, receive, send_with_id)  # type: ignore[misc]
+            if self._max_concurrent and self._in_flight > self._max_concurrent:
+                await _shed(send_with_id)  # past the cap: refuse at once, cheaply
+            else:
+                await self.app(scope, receive, send_with_id)  # type: ignore[misc]
         finally:
+            self._in_flight -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route", "unmatched")
             HTTP_REQUESTS.labels(self.service, route, str(status)).inc()

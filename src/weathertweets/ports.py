@@ -59,13 +59,28 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class CountedTweet:
-    """A tweet with the broker position it came from, so counters can apply it exactly once."""
+    """A tweet with the broker position it came from, so counters can apply it exactly once.
+
+    `id` is set for tweets sent with an Idempotency-Key: a retried request may have put the
+    same tweet on the broker twice, so those are also counted at most once per id."""
 
     partition: int
     offset: int
     pais: str
     texto: str
     condition: str = "other"  # weathertweets.weather.classify(texto)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What an Idempotency-Key stands for: the request's fingerprint, when it was first seen,
+    and (once finished) the answer it got."""
+
+    fingerprint: str
+    received_at_us: int
+    status: int | None = None
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +149,20 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+class Idempotency(Protocol):
+    """Idempotency-Keys of write requests, per caller, kept for `ttl` seconds."""
+
+    async def start(self) -> None: ...
+
+    async def claim(self, scope: str, key: str, fingerprint: str, received_at_us: int) -> Claim:
+        """The key's claim: a new one with these values, or the one already there."""
+        ...
+
+    async def complete(self, scope: str, key: str, status: int, body: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Counters(Protocol):
     async def start(self) -> None: ...
 
@@ -144,8 +173,11 @@ class Counters(Protocol):
         """
         ...
 
-    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
-        """A direct increment outside the broker (the seed's `POST /set`)."""
+    async def increment(
+        self, pais: str, texto: str, condition: str, by: int = 1, id: str | None = None
+    ) -> None:
+        """A direct increment outside the broker (the seed's `POST /set`); with `id`, at most
+        once per id."""
         ...
 
     async def stats(self, top: int = 10) -> Stats: ...

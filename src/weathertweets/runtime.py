@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import uvicorn
-
 from weathertweets import energy, tracing
-from weathertweets.backends import open_broker, open_counters, open_store
-from weathertweets.config import Settings
+from weathertweets.access import Access, RateLimiter, load_keys
+from weathertweets.backends import open_broker, open_counters, open_idempotency, open_store
+from weathertweets.config import SettingError, Settings
 from weathertweets.metrics import TASK_FAILURES
-from weathertweets.ports import BackendUnavailable, Broker, Counters, Store
+from weathertweets.ports import BackendUnavailable, Broker, Counters, Idempotency, Store
+from weathertweets.server import http_server
 from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.errors import APP_ERRORS
@@ -33,6 +33,7 @@ from weathertweets.services.ingest import start_ingest_server
 from weathertweets.services.ingest_client import IngestClient
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, add_ops_routes
+from weathertweets.services.writes import WriteGuard
 from weathertweets.web import Router
 
 log = logging.getLogger("weathertweets")
@@ -94,46 +95,6 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # our runtime owns the signals and the order of shutdown
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from error
-    sock.set_inheritable(True)
-    return sock
-
-
-@asynccontextmanager
-async def http_server(app: Any, host: str, port: int) -> AsyncIterator[None]:
-    sock = bind(host, port)
-    config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=15
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has a flag, no event
-        await asyncio.sleep(0.01)
-    if task.done():
-        task.result()
-        raise OSError(f"HTTP server on {host}:{port} did not start")
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 @dataclass
 class Context:
     """What a service's start needs: settings, the opened backends, the process's helpers."""
@@ -147,8 +108,14 @@ class Context:
     broker: Broker | None = None
     store: Store | None = None
     counters: Counters | None = None
+    idempotency: Idempotency | None = None
     checks: dict[str, Check] = field(default_factory=dict)
     frontend: Callable[[Gateway], Any] | None = None  # another HTTP layer (the bench compares)
+
+    def guard(self) -> WriteGuard:
+        keys = load_keys(self.settings.api_keys, self.settings.api_keys_file)
+        access = Access(keys, load_keys(self.settings.read_keys))
+        return WriteGuard(access, RateLimiter(self.settings.rate_limit), self.idempotency)
 
     async def serve_ops(self, service: str, port: int, extra: Router | None = None) -> None:
         """A standalone service's own HTTP port: probes, metrics (and `extra`'s routes)."""
@@ -168,7 +135,14 @@ async def _consumer(ctx: Context, group: str, sink: Sink) -> None:
     assert ctx.broker is not None
     consumer = ctx.broker.consumer(group)
     drain = asyncio.Event()
-    work = consume(group, consumer, sink, drain, ctx.broker.dead_letter)
+    work = consume(
+        group,
+        consumer,
+        sink,
+        drain,
+        ctx.broker.dead_letter,
+        accept_unknown_countries=ctx.settings.accept_unknown_countries,
+    )
     task = ctx.supervisor.spawn(group, work)
 
     async def stop() -> None:
@@ -194,7 +168,8 @@ async def _start_counter(ctx: Context) -> None:
     await _consumer(ctx, counter.GROUP, counter.count_sink(ctx.counters))
     if ctx.alone:  # the original's counter API: `POST /set` on its own port (the gateway too)
         router = Router("counter", APP_ERRORS)
-        router.add("POST", "/set", counter.set_handler(ctx.counters))
+        accept = ctx.settings.accept_unknown_countries
+        router.add("POST", "/set", counter.set_handler(ctx.counters, accept, ctx.guard()))
         await ctx.serve_ops("counter", ctx.settings.counter_port, router)
         ctx.announce(
             f"counter: POST /set on http://{ctx.settings.host}:{ctx.settings.counter_port}"
@@ -204,7 +179,13 @@ async def _start_counter(ctx: Context) -> None:
 async def _start_ingest(ctx: Context) -> None:
     assert ctx.broker is not None
     address = f"{ctx.settings.host}:{ctx.settings.ingest_port}"
-    server = await start_ingest_server(ctx.broker, address)
+    server = await start_ingest_server(
+        ctx.broker,
+        address,
+        ctx.settings.accept_unknown_countries,
+        token=ctx.settings.internal_token,
+        max_batch=ctx.settings.max_batch,
+    )
     ctx.stack.push_async_callback(server.stop, 10)
     ctx.announce(f"ingest: gRPC on {address}")
     if ctx.alone:
@@ -214,7 +195,9 @@ async def _start_ingest(ctx: Context) -> None:
 async def _start_gateway(ctx: Context) -> None:
     assert ctx.store is not None and ctx.counters is not None
     settings = ctx.settings
-    client = IngestClient(settings.ingest_target, max_batch=settings.max_batch)
+    client = IngestClient(
+        settings.ingest_target, max_batch=settings.max_batch, token=settings.internal_token
+    )
     ctx.stack.push_async_callback(client.close)
     ctx.checks["ingest"] = client.ping
     scope = (
@@ -232,6 +215,9 @@ async def _start_gateway(ctx: Context) -> None:
         live=live,
         checks=ctx.checks,
         access_log=settings.access_log,
+        accept_unknown_countries=settings.accept_unknown_countries,
+        guard=ctx.guard(),
+        max_concurrent=settings.max_concurrent,
     )
     app = gateway.app if ctx.frontend is None else ctx.frontend(gateway)
     await ctx.stack.enter_async_context(http_server(app, settings.host, settings.port))
@@ -247,10 +233,28 @@ async def _start_gateway(ctx: Context) -> None:
 
 SERVICES: dict[str, Service] = {  # in start order; stopped in reverse
     "archiver": Service("archiver", frozenset({"broker", "store"}), _start_archiver),
-    "counter": Service("counter", frozenset({"broker", "counters"}), _start_counter),
+    "counter": Service("counter", frozenset({"broker", "counters", "idempotency"}), _start_counter),
     "ingest": Service("ingest", frozenset({"broker"}), _start_ingest),
-    "gateway": Service("gateway", frozenset({"store", "counters"}), _start_gateway),
+    "gateway": Service("gateway", frozenset({"store", "counters", "idempotency"}), _start_gateway),
 }
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(settings: Settings, services: Sequence[str]) -> None:
+    """Refuse to take anonymous writes, or unauthenticated internal calls, from a network."""
+    if settings.host in LOOPBACK or settings.allow_anonymous:
+        return
+    writes = {"gateway", "counter"} & set(services)
+    if writes and not load_keys(settings.api_keys, settings.api_keys_file):
+        raise SettingError(
+            f"refusing to take anonymous writes on {settings.host}: set WT_API_KEYS"
+            " (or WT_API_KEYS_FILE), or pass --allow-anonymous"
+        )
+    if "ingest" in services and "gateway" not in services and not settings.internal_token:
+        raise SettingError(
+            f"refusing to serve ingest on {settings.host} without WT_INTERNAL_TOKEN"
+            " (the gateway's shared secret), or pass --allow-anonymous"
+        )
 
 
 def _install_signal_handlers(stopping: asyncio.Event) -> None:
@@ -285,6 +289,9 @@ async def _open_backends(ctx: Context, needed: set[str]) -> None:
         )
         ctx.counters = await ctx.stack.enter_async_context(started(counters))
         ctx.checks["counters"] = ctx.counters.ping
+    if "idempotency" in needed:
+        keys = open_idempotency(settings.counter_url, prefix=settings.counter_prefix)
+        ctx.idempotency = await ctx.stack.enter_async_context(started(keys))
 
 
 async def run(
@@ -302,6 +309,9 @@ async def run(
     if unknown:
         raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
     chosen = [SERVICES[name] for name in SERVICES if name in services]
+    check_exposure(settings, services)
+    if {"gateway", "ingest"} <= set(services) and not settings.internal_token:
+        settings.internal_token = secrets.token_urlsafe(32)  # both ends in this process
     label = chosen[0].name if len(chosen) == 1 else "all"
     tracing.configure(settings.otlp_endpoint, label)
     stopping = stopping or asyncio.Event()

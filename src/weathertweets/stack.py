@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -162,6 +163,8 @@ class Stack:
 
 
 def run_stack(settings: Settings, log_dir: Path) -> int:
+    if not settings.internal_token:  # the gateway and ingest processes share this secret
+        settings.internal_token = secrets.token_urlsafe(32)
     stack = Stack(settings, log_dir)
 
     def on_signal(signum: int, _: FrameType | None) -> None:

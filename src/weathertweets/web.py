@@ -26,6 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 _json = msgspec.json.Encoder()
 JSON_TYPE = b"application/json"
+BODY_TIMEOUT = 15.0
 
 
 class HTTPError(Exception):
@@ -97,11 +98,24 @@ class Request:
         values = self._query.get(name)
         return values[-1] if values else None
 
-    async def body(self, limit: int) -> bytes:
-        """The whole body; 413 as soon as it grows past `limit` bytes."""
+    async def body(self, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+        """The whole body; 413 as soon as it grows past `limit` bytes, 408 (and the connection
+        closed) when it has not all arrived within `timeout` seconds."""
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large(limit)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read(limit)
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                "timeout",
+                f"the body did not arrive within {timeout:g} s",
+                headers=[(b"connection", b"close")],
+            ) from None
+
+    async def _read(self, limit: int) -> bytes:
         chunks, size = [], 0
         while True:
             message = await self.receive()
@@ -247,3 +261,5 @@ def parse_json(body: bytes) -> Any:
         raise HTTPError(400, "malformed_json", f"the body is not valid JSON: {error}") from error
     except UnicodeDecodeError as error:
         raise HTTPError(400, "malformed_json", f"the body is not valid UTF-8: {error}") from error
+    except RecursionError:
+        raise HTTPError(400, "malformed_json", "the JSON is nested too deeply") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from weathertweets.ports import Broker, Counters, Store
+from weathertweets.ports import Broker, Counters, Idempotency, Store
 
 
 class UnsupportedBackend(ValueError):
@@ -61,3 +61,15 @@ def open_counters(url: str, *, prefix: str = "wt:", seed_keys: bool = True) -> C
     from weathertweets.backends.sqlite_counters import SqliteCounters
 
     return SqliteCounters(path_from_url(url))
+
+
+def open_idempotency(url: str, *, prefix: str = "wt:", ttl: int = 90_000) -> Idempotency:
+    """Idempotency-Keys live where the counters do (the counters' URL)."""
+    if _scheme(url, "counters", ("sqlite", "redis")) == "redis":
+        from weathertweets.backends.redis_idempotency import RedisIdempotency
+
+        return RedisIdempotency(url, prefix, ttl)
+    from weathertweets.backends.sqlite import path_from_url
+    from weathertweets.backends.sqlite_idempotency import SqliteIdempotency
+
+    return SqliteIdempotency(path_from_url(url), ttl)

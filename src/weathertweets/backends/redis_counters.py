@@ -26,17 +26,19 @@ from weathertweets.ports import BackendUnavailable, CountedTweet, Stats
 
 RECENT_MAX = 1000  # entries kept in the `recent` stream (approximately)
 RECENT_PER_BATCH = 200  # the newest tweets of a batch that go to the stream
+SEEN_TTL = 2 * 86_400  # seconds an idempotent tweet's id is remembered (keys live 25 h)
 
 # ARGV: prefix, group ('' = direct increments, no offsets), recent_max, recent_per_batch,
-# seed_keys ('1' or '0'), then partition, offset, pais, texto, condition for each record.
+# seed_keys ('1' or '0'), seen_ttl, then partition, offset, pais, texto, condition, id ('' for
+# none) for each record. A record with an id is counted only if `seen:<id>` was not set yet.
 APPLY = """
 local prefix, group = ARGV[1], ARGV[2]
 local recent_max, recent_per_batch = tonumber(ARGV[3]), tonumber(ARGV[4])
-local seed_keys = ARGV[5] == '1'
+local seed_keys, seen_ttl = ARGV[5] == '1', ARGV[6]
 local offsets_key = prefix .. 'offsets:' .. group
 local next_offset, countries, texts, by_country, fresh = {}, {}, {}, {}, {}
 local conditions, country_conditions = {}, {}
-for i = 6, #ARGV, 5 do
+for i = 7, #ARGV, 6 do
   local partition, offset = ARGV[i], tonumber(ARGV[i + 1])
   local start = 0
   if group ~= '' then
@@ -45,7 +47,12 @@ for i = 6, #ARGV, 5 do
       start = tonumber(redis.call('HGET', offsets_key, partition) or 0)
     end
   end
-  if offset >= start then
+  local first = offset >= start
+  if first and ARGV[i + 5] ~= '' then
+    first = redis.call('SET', prefix .. 'seen:' .. ARGV[i + 5], '1', 'NX', 'EX', seen_ttl) ~= false
+    if not first then start = offset + 1 end
+  end
+  if first then
     local pais, texto = ARGV[i + 2], ARGV[i + 3]
     countries[pais] = (countries[pais] or 0) + 1
     texts[texto] = (texts[texto] or 0) + 1
@@ -124,9 +131,9 @@ class RedisCounters:
 
     async def _run(self, group: str, tweets: Sequence[CountedTweet]) -> int:
         seed = "1" if self.seed_keys else "0"
-        args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH, seed]
+        args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH, seed, SEEN_TTL]
         for t in tweets:
-            args += [t.partition, t.offset, t.pais, t.texto, t.condition]
+            args += [t.partition, t.offset, t.pais, t.texto, t.condition, t.id or ""]
         try:
             return int(await self._apply(args=args))
         except RedisError as error:
@@ -137,8 +144,12 @@ class RedisCounters:
             raise ValueError("a consumer group name is required")
         return await self._run(group, tweets) if tweets else 0
 
-    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
-        await self._run("", [CountedTweet(0, 0, pais, texto, condition)] * by)
+    async def increment(
+        self, pais: str, texto: str, condition: str, by: int = 1, id: str | None = None
+    ) -> None:
+        if id is not None and by != 1:
+            raise ValueError("an increment with an id counts one tweet")
+        await self._run("", [CountedTweet(0, 0, pais, texto, condition, id)] * by)
 
     async def stats(self, top: int = 10) -> Stats:
         p = self.prefix

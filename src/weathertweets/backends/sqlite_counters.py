@@ -6,7 +6,9 @@ a replayed record is recognised by its offset and never counted twice.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,8 @@ CREATE TABLE IF NOT EXISTS country_texts (
 CREATE TABLE IF NOT EXISTS country_conditions (
     pais TEXT NOT NULL, condition TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (pais, condition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at_us INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at_us);
 CREATE TABLE IF NOT EXISTS positions (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (grp, partition)
@@ -64,6 +68,19 @@ def _add(conn: sqlite3.Connection, tweets: Counter[tuple[str, str, str]]) -> Non
     )
 
 
+SEEN_TTL_US = 2 * 86_400 * 1_000_000
+
+
+def _first_time(conn: sqlite3.Connection, tweet_id: str | None) -> bool:
+    """For a tweet sent with an Idempotency-Key: True the first time its id is seen."""
+    if tweet_id is None:
+        return True
+    now = time.time_ns() // 1000
+    if secrets.randbelow(1000) == 0:  # now and then, forget ids older than any live key
+        conn.execute("DELETE FROM seen WHERE at_us < ?", (now - SEEN_TTL_US,))
+    return conn.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (tweet_id, now)).rowcount == 1
+
+
 class SqliteCounters:
     def __init__(self, path: Path) -> None:
         self._db = SqliteThread(path, SCHEMA, "counters")
@@ -79,12 +96,13 @@ class SqliteCounters:
                         "SELECT partition, next_offset FROM positions WHERE grp = ?", (group,)
                     ).fetchall()
                 )
-                fresh = [t for t in tweets if t.offset >= positions.get(t.partition, 0)]
-                if not fresh:
+                unread = [t for t in tweets if t.offset >= positions.get(t.partition, 0)]
+                if not unread:
                     return 0
+                fresh = [t for t in unread if _first_time(conn, t.id)]
                 _add(conn, Counter((t.pais, t.texto, t.condition) for t in fresh))
                 ends: dict[int, int] = {}
-                for t in fresh:
+                for t in unread:
                     ends[t.partition] = max(ends.get(t.partition, 0), t.offset + 1)
                 conn.executemany(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT(grp, partition)"
@@ -95,10 +113,16 @@ class SqliteCounters:
 
         return await self._db.run(apply)
 
-    async def increment(self, pais: str, texto: str, condition: str, by: int = 1) -> None:
+    async def increment(
+        self, pais: str, texto: str, condition: str, by: int = 1, id: str | None = None
+    ) -> None:
+        if id is not None and by != 1:
+            raise ValueError("an increment with an id counts one tweet")
+
         def increment(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                _add(conn, Counter({(pais, texto, condition): by}))
+                if _first_time(conn, id):
+                    _add(conn, Counter({(pais, texto, condition): by}))
 
         await self._db.run(increment)
 

@@ -34,13 +34,18 @@ DeadLetter = Callable[[str, Sequence[Message], str], Awaitable[None]]
 
 
 def decode_batch(
-    group: str, messages: Sequence[Message]
+    group: str, messages: Sequence[Message], accept_unknown_countries: bool = False
 ) -> tuple[list[tuple[Message, Tweet]], list[tuple[Message, str]]]:
     """(tweets, records that are not tweets with the reason)."""
     decoded, poison = [], []
     for message in messages:
         try:
-            tweet = decode_any_record(message.value, message.position, message.timestamp_ms)
+            tweet = decode_any_record(
+                message.value,
+                message.position,
+                message.timestamp_ms,
+                accept_unknown=accept_unknown_countries,
+            )
             decoded.append((message, tweet))
         except (msgspec.DecodeError, InvalidTweet, UnicodeDecodeError) as error:
             POISON.labels(group).inc()
@@ -124,6 +129,7 @@ async def consume(
     *,
     max_records: int = 5000,
     drain_timeout: float = 10.0,
+    accept_unknown_countries: bool = False,
 ) -> None:
     """Run until `stopping` is set, then keep going while records come, for `drain_timeout`."""
     drain_deadline: float | None = None
@@ -140,7 +146,7 @@ async def consume(
             await asyncio.sleep(0.5)
             continue
         if messages:
-            batch, poison = decode_batch(group, messages)
+            batch, poison = decode_batch(group, messages, accept_unknown_countries)
             for message, reason in poison:
                 letter = partial(dead_letter, group, [message], reason)
                 if not await _retry(f"{group} dead letter", letter, stopping):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from weathertweets.domain import MAX_PAIS, MAX_TEXTO, InvalidTweet, Tweet, clean_text
+from weathertweets.access import Access
+from weathertweets.domain import MAX_TEXTO, Tweet, clean_country, clean_text
 from weathertweets.ports import BackendUnavailable, CountedTweet, Counters, Message
 from weathertweets.services.consuming import Sink
+from weathertweets.services.writes import WriteGuard, idempotency_key, keyed_tweets, outcome_unknown
 from weathertweets.weather import classify
 from weathertweets.web import Handler, HTTPError, Request, Response, parse_json, unavailable
 
@@ -17,7 +19,14 @@ def count_sink(counters: Counters) -> Sink:
             await counters.apply(
                 GROUP,
                 [
-                    CountedTweet(m.partition, m.offset, t.pais, t.texto, classify(t.texto))
+                    CountedTweet(
+                        m.partition,
+                        m.offset,
+                        t.pais,
+                        t.texto,
+                        classify(t.texto),
+                        t.id if t.keyed else None,
+                    )
                     for m, t in batch
                 ],
             )
@@ -25,22 +34,37 @@ def count_sink(counters: Counters) -> Sink:
     return sink
 
 
-def set_handler(counters: Counters) -> Handler:
-    """`POST /set` with `{"Pais","Texto"}` (the seed's Rust API) or `{"pais","texto"}`."""
+DATA_SET = Response(200, b"Data set", b"text/plain; charset=utf-8")
+
+
+def set_handler(
+    counters: Counters, accept_unknown_countries: bool = False, guard: WriteGuard | None = None
+) -> Handler:
+    """`POST /set` with `{"Pais","Texto"}` (the seed's Rust API) or `{"pais","texto"}`.
+
+    With an Idempotency-Key the increment is applied once: its id, derived from the key, is
+    checked in the same atomic step as the increment."""
+    guard = guard or WriteGuard(Access())
 
     async def handle(request: Request) -> Response:
+        caller = guard.admit(request)
         data = parse_json(await request.body(16 * 1024))
         if not isinstance(data, dict):
             raise HTTPError(422, "invalid", "the body must be a JSON object")
+        pais = clean_country(data.get("Pais", data.get("pais")), accept_unknown_countries)
+        texto = clean_text(data.get("Texto", data.get("texto")), "texto", MAX_TEXTO)
+        guard.limit(caller, 1)
+        key = idempotency_key(request)
+        tweet_id = None
+        if key is not None:
+            claim = await guard.claim(caller, key, "set", [(texto, pais)])
+            tweet_id = keyed_tweets(caller, key, claim, [(texto, pais)])[0].id
         try:
-            pais = clean_text(data.get("Pais", data.get("pais")), "pais", MAX_PAIS)
-            texto = clean_text(data.get("Texto", data.get("texto")), "texto", MAX_TEXTO)
-        except InvalidTweet as error:
-            raise HTTPError(422, "invalid", error.message, error.field) from error
-        try:
-            await counters.increment(pais, texto, classify(texto))
+            await counters.increment(pais, texto, classify(texto), id=tweet_id)
         except BackendUnavailable as error:
+            if key is not None:
+                raise outcome_unknown(str(error)) from error
             raise unavailable(str(error)) from error
-        return Response(200, b"Data set", b"text/plain; charset=utf-8")
+        return DATA_SET
 
     return handle

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from weathertweets import __version__, schemas, tracing
-from weathertweets.domain import InvalidTweet, Tweet, make_tweet, parse_fields, utcnow
+from weathertweets.access import Access
+from weathertweets.countries import canonical
+from weathertweets.domain import InvalidTweet, Tweet, parse_fields
 from weathertweets.forms import FORM_TYPES, parse_form
 from weathertweets.logs import TWEET_ID
 from weathertweets.metrics import ACCEPTED, BATCH_SIZE, REJECTED
@@ -20,7 +22,8 @@ from weathertweets.services.counter import set_handler
 from weathertweets.services.errors import APP_ERRORS, REJECTION_REASONS
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, add_ops_routes
-from weathertweets.web import HTTPError, Request, Response, Router, Scope, parse_json
+from weathertweets.services.writes import WriteGuard
+from weathertweets.web import Handler, HTTPError, Request, Response, Router, Scope, parse_json
 
 SINGLE_BODY_LIMIT = 64 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
@@ -41,6 +44,14 @@ def count_rejection(scope: Scope, status: int) -> None:
 
 def _headers(request: Request) -> list[tuple[str, bytes]]:
     return [(bytes(k).decode("latin-1"), bytes(v)) for k, v in request.scope["headers"]]
+
+
+def _one(tweets: list[Tweet]) -> Response:
+    return Response.json(schemas.Accepted(id=tweets[0].id), 202)
+
+
+def _many(tweets: list[Tweet]) -> Response:
+    return Response.json(schemas.BatchAccepted(accepted=len(tweets)), 202)
 
 
 class Publisher(Protocol):
@@ -69,7 +80,9 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
 
 
 def _country_name(raw: str) -> str:
-    return unicodedata.normalize("NFC", raw.strip())
+    """The name to look up: the canonical one when we know the country ("Mexico" → "México")."""
+    name = unicodedata.normalize("NFC", raw.strip())
+    return canonical(name) or name
 
 
 class Gateway:
@@ -83,28 +96,40 @@ class Gateway:
         live: LiveFeed | None = None,
         access_log: bool = True,
         checks: Mapping[str, Check] | None = None,
+        accept_unknown_countries: bool = False,
+        guard: WriteGuard | None = None,
+        max_concurrent: int = 1000,
     ) -> None:
         self._ingest, self._store, self._counters = ingest, store, counters
+        self._guard = guard or WriteGuard(Access())
         self._live = live
         self._assets = load_assets()
         self._max_batch = max_batch
+        self._accept_unknown = accept_unknown_countries
         self.router = Router("gateway", APP_ERRORS)
         self.app = Observed(
-            self.router, "gateway", access_log=access_log, on_response=count_rejection
+            self.router,
+            "gateway",
+            access_log=access_log,
+            on_response=count_rejection,
+            max_concurrent=max_concurrent,
         )
         for path in TWEET_PATHS:
             self.router.add("POST", path, self.post_tweet)
             self.router.add("GET", path, self.index)  # the original's Locust also GETs them
-        self.router.add("POST", "/set", set_handler(counters))
+        self.router.add(
+            "POST", "/set", set_handler(counters, accept_unknown_countries, self._guard)
+        )
         self.router.add("POST", "/api/v1/tweets", self.post_batch)
-        self.router.add("GET", "/api/v1/stats", self.stats)
-        self.router.add("GET", "/api/v1/countries/{pais}", self.country)
-        self.router.add("GET", "/api/v1/tweets", self.recent)
-        self.router.add("GET", "/api/v1/conditions", self.conditions)
+        read = self._reader
+        self.router.add("GET", "/api/v1/stats", read(self.stats))
+        self.router.add("GET", "/api/v1/countries/{pais}", read(self.country))
+        self.router.add("GET", "/api/v1/tweets", read(self.recent))
+        self.router.add("GET", "/api/v1/conditions", read(self.conditions))
         self.router.add("GET", "/dashboard", self.dashboard)
         self.router.add("GET", "/static/{name}", self.static)
-        self.router.add("GET", "/api/v1/live", self.live_events)
-        self.router.add("GET", "/api/v1/dashboard", self.live_snapshot)
+        self.router.add("GET", "/api/v1/live", read(self.live_events))
+        self.router.add("GET", "/api/v1/dashboard", read(self.live_snapshot))
         self.router.add("GET", "/openapi.json", self.openapi)
         self.router.add("GET", "/docs", self.docs)
         default_checks = {"ingest": ingest.ping, "store": store.ping, "counters": counters.ping}
@@ -118,22 +143,33 @@ class Gateway:
                 return await self._post_tweet(request)
         return await self._post_tweet(request)
 
+    def _reader(self, handler: Handler) -> Handler:
+        """A read route: public, unless read keys are configured."""
+
+        async def guarded(request: Request) -> Response:
+            self._guard.access.reader(request)
+            return await handler(request)
+
+        return guarded
+
+    async def _publish(self, tweets: list[Tweet]) -> None:
+        TWEET_ID.set(tweets[0].id if len(tweets) == 1 else None)
+        if tracing.enabled():
+            await self._ingest.publish(tweets, [tracing.current_headers()] * len(tweets))
+        else:
+            await self._ingest.publish(tweets)
+        ACCEPTED.inc(len(tweets))
+
     async def _post_tweet(self, request: Request) -> Response:
+        caller = self._guard.admit(request)
         media = _require_json(request, FORM_TYPES)
         body = await request.body(SINGLE_BODY_LIMIT)
         if media in FORM_TYPES:
             fields: object = parse_form(media, request.header(b"content-type") or b"", body)
         else:
             fields = parse_json(body)
-        texto, pais = parse_fields(fields)
-        tweet = make_tweet(texto, pais)
-        TWEET_ID.set(tweet.id)
-        if tracing.enabled():
-            await self._ingest.publish([tweet], [tracing.current_headers()])
-        else:
-            await self._ingest.publish([tweet])
-        ACCEPTED.inc()
-        return Response.json(schemas.Accepted(id=tweet.id), 202)
+        pair = parse_fields(fields, self._accept_unknown)
+        return await self._guard.write(request, caller, "tweet", [pair], self._publish, _one)
 
     async def post_batch(self, request: Request) -> Response:
         if tracing.enabled():
@@ -144,6 +180,7 @@ class Gateway:
         return await self._post_batch(request)
 
     async def _post_batch(self, request: Request) -> Response:
+        caller = self._guard.admit(request)
         media = _require_json(request, NDJSON_TYPES)
         body = await request.body(BATCH_BODY_LIMIT)
         records = self._ndjson(body) if media in NDJSON_TYPES else parse_json(body)
@@ -155,21 +192,14 @@ class Gateway:
             raise HTTPError(
                 413, "too_large", f"{len(records)} tweets; at most {self._max_batch} per batch"
             )
-        received_at = utcnow()
-        tweets = []
+        pairs = []
         for index, record in enumerate(records):
             try:
-                texto, pais = parse_fields(record)
+                pairs.append(parse_fields(record, self._accept_unknown))
             except InvalidTweet as error:
                 raise error.at(index) from error
-            tweets.append(make_tweet(texto, pais, received_at))
-        if tracing.enabled():
-            await self._ingest.publish(tweets, [tracing.current_headers()] * len(tweets))
-        else:
-            await self._ingest.publish(tweets)
-        ACCEPTED.inc(len(tweets))
-        BATCH_SIZE.labels("gateway").observe(len(tweets))
-        return Response.json(schemas.BatchAccepted(accepted=len(tweets)), 202)
+        BATCH_SIZE.labels("gateway").observe(len(pairs))
+        return await self._guard.write(request, caller, "batch", pairs, self._publish, _many)
 
     @staticmethod
     def _ndjson(body: bytes) -> list[Any]:

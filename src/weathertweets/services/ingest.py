@@ -5,68 +5,42 @@ Serves `weathertweets.v1.TweetIngest` and the seed's `confproto.getInfo/returnIn
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from weathertweets import tracing
-from weathertweets.domain import (
-    MAX_PAIS,
-    MAX_TEXTO,
-    InvalidTweet,
-    Tweet,
-    clean_text,
-    encode_record,
-    utcnow,
-)
-from weathertweets.ids import new_id
+from weathertweets.domain import InvalidTweet, Tweet, encode_record
 from weathertweets.logs import REQUEST_ID
 from weathertweets.metrics import BATCH_SIZE, GRPC_DURATION, GRPC_HANDLED, PUBLISHED
 from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from weathertweets.rpc_codec import count_field, from_pb, unique_ids
 
 log = logging.getLogger("weathertweets.ingest")
 
+MAX_MESSAGE = 16 * 1024 * 1024  # a full batch of the longest tweets fits
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 30_000),
 ]
 # Clients are asked to reconnect now and then, so a gateway balancing over a headless Service
-# resolves its name again and finds the ingest replicas added since it connected.
+# resolves its name again and finds the ingest replicas added since it connected. The port is
+# ours alone: a second ingest on it fails to start instead of sharing the traffic.
 SERVER_OPTIONS = [
     *GRPC_OPTIONS,
     ("grpc.max_connection_age_ms", 120_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
+    ("grpc.so_reuseport", 0),
 ]
-
-
-def to_pb(tweet: Tweet, headers: Mapping[str, str] | None = None) -> ingest_pb2.Tweet:
-    micros = round(tweet.received_at.timestamp() * 1_000_000)
-    return ingest_pb2.Tweet(
-        texto=tweet.texto, pais=tweet.pais, id=tweet.id, received_at_us=micros, headers=headers
-    )
-
-
-def from_pb(message: ingest_pb2.Tweet) -> Tweet:
-    """Validate a tweet that arrived over gRPC; fill in id and time when the client left them."""
-    texto = clean_text(message.texto, "texto", MAX_TEXTO)
-    pais = clean_text(message.pais, "pais", MAX_PAIS)
-    if message.received_at_us:
-        received = datetime.fromtimestamp(message.received_at_us / 1_000_000, UTC)
-    else:
-        received = utcnow()
-    if not message.id:
-        return Tweet(new_id(), texto, pais, received)
-    if len(message.id) != 26 or not message.id.isalnum():
-        raise InvalidTweet("'id' must be a 26-character time-ordered id", "id")
-    return Tweet(message.id, texto, pais, received)
 
 
 def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[Record]:
@@ -86,8 +60,34 @@ class IngestService(
     ingest_pb2_grpc.TweetIngestServicer,  # type: ignore[misc]  # generated, untyped
     confproto_pb2_grpc.getInfoServicer,  # type: ignore[misc]
 ):
-    def __init__(self, broker: Broker) -> None:
+    """`token`: the internal callers' shared secret (gateway → ingest). With one, TweetIngest
+    needs it; without one, callers are trusted only on a loopback-bound ingest
+    (`trust_unauthenticated`). The original's `returnInfo` carries no id or time: it stays open.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        accept_unknown_countries: bool = False,
+        *,
+        token: str = "",
+        trust_unauthenticated: bool = True,
+    ) -> None:
         self._broker = broker
+        self._accept_unknown = accept_unknown_countries
+        self._token = token.encode()
+        self._trust_unauthenticated = trust_unauthenticated
+
+    async def _trusted(self, context: grpc.aio.ServicerContext) -> bool:
+        if not self._token:
+            return self._trust_unauthenticated
+        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if hmac.compare_digest(str(sent).encode(), b"Bearer " + self._token):
+            return True
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "this service needs the internal token"
+        )
+        raise AssertionError("abort raises")  # pragma: no cover
 
     async def _publish(
         self,
@@ -104,10 +104,14 @@ class IngestService(
         BATCH_SIZE.labels("ingest").observe(len(tweets))
 
     async def _validated(
-        self, messages: list[ingest_pb2.Tweet], context: grpc.aio.ServicerContext
+        self, messages: list[ingest_pb2.Tweet], context: grpc.aio.ServicerContext, trusted: bool
     ) -> list[Tweet]:
         try:
-            return [from_pb(m) for m in messages]
+            tweets = [
+                from_pb(m, trusted=trusted, accept_unknown=self._accept_unknown) for m in messages
+            ]
+            unique_ids(tweets)
+            return tweets
         except InvalidTweet as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{error.field}: {error}")
         raise AssertionError("abort raises")  # pragma: no cover
@@ -115,14 +119,15 @@ class IngestService(
     async def Publish(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.Tweet, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.Ack:
-        tweets = await self._validated([request], context)
+        tweets = await self._validated([request], context, await self._trusted(context))
         await self._publish(tweets, context, [request.headers])
         return ingest_pb2.Ack(id=tweets[0].id)
 
     async def PublishBatch(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.TweetBatch, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.BatchAck:
-        tweets = await self._validated(list(request.tweets), context)
+        trusted = await self._trusted(context)
+        tweets = await self._validated(list(request.tweets), context, trusted)
         await self._publish(tweets, context, [m.headers for m in request.tweets])
         return ingest_pb2.BatchAck(accepted=len(tweets), ids=[t.id for t in tweets])
 
@@ -130,14 +135,18 @@ class IngestService(
         self, request: confproto_pb2.requestId, context: grpc.aio.ServicerContext
     ) -> confproto_pb2.replyInfo:
         message = ingest_pb2.Tweet(texto=request.texto, pais=request.pais)
-        tweets = await self._validated([message], context)
+        tweets = await self._validated([message], context, trusted=False)
         await self._publish(tweets, context)
         return confproto_pb2.replyInfo(info=f"Tweet recibido: {tweets[0].id}")
 
 
 class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped base
     """Per-method call counts by status code and handling time (`weathertweets_grpc_server_*`);
-    the caller's `x-request-id` metadata becomes the request id of our log lines."""
+    the caller's `x-request-id` metadata becomes the request id of our log lines. Requests are
+    decoded here, after their size is checked on the raw bytes."""
+
+    def __init__(self, max_batch: int) -> None:
+        self._max_batch = max_batch
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
@@ -147,13 +156,15 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
             return handler
         method = str(details.method).rsplit("/", 1)[-1]
         metadata = dict(details.invocation_metadata or ())
-        inner = handler.unary_unary
+        inner, decode = handler.unary_unary, handler.request_deserializer
+        limit = self._max_batch if method == "PublishBatch" else None
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             token = REQUEST_ID.set(metadata.get("x-request-id"))
             code = "OK"
             try:
+                request = await _decoded(raw, decode, limit, context)
                 return await inner(request, context)
             except Exception:
                 found = context.code()
@@ -165,17 +176,40 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
                 GRPC_DURATION.labels(method).observe(time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            observed, request_deserializer=None, response_serializer=handler.response_serializer
         )
 
 
-async def start_ingest_server(broker: Broker, address: str) -> grpc.aio.Server:
+async def _decoded(
+    raw: bytes, decode: Callable[[bytes], Any] | None, limit: int | None, context: Any
+) -> Any:
+    """The request, decoded only once it is known to be small enough: a bad or oversized
+    message is INVALID_ARGUMENT with a short reason, never a Python error."""
+    try:
+        if limit is not None and count_field(raw, 1) > limit:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"tweets: at most {limit} in one batch"
+            )
+        return decode(raw) if decode is not None else raw
+    except (ValueError, DecodeError) as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid message: {error}")
+
+
+async def start_ingest_server(
+    broker: Broker,
+    address: str,
+    accept_unknown_countries: bool = False,
+    *,
+    token: str = "",
+    max_batch: int = 10_000,
+) -> grpc.aio.Server:
     """The ingest services, plus the standard gRPC health service (`grpc.health.v1.Health`):
     SERVING for "" and both service names while the process runs."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed()])
-    service = IngestService(broker)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed(max_batch)])
+    local = address.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+    service = IngestService(
+        broker, accept_unknown_countries, token=token, trust_unauthenticated=local
+    )
     ingest_pb2_grpc.add_TweetIngestServicer_to_server(service, server)
     confproto_pb2_grpc.add_getInfoServicer_to_server(service, server)
     health = health_aio.HealthServicer()

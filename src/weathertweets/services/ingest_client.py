@@ -19,17 +19,29 @@ from weathertweets.batching import Batcher
 from weathertweets.domain import InvalidTweet, Tweet
 from weathertweets.ports import BackendUnavailable
 from weathertweets.proto import ingest_pb2, ingest_pb2_grpc
-from weathertweets.services.ingest import GRPC_OPTIONS, to_pb
+from weathertweets.rpc_codec import to_pb
+from weathertweets.services.ingest import GRPC_OPTIONS
+from weathertweets.services.writes import OutcomeUnknown
 
 NO_HEADERS: Mapping[str, str] = {}
+# Failures after the call left: ingest may have published the tweets.
+AMBIGUOUS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 CHANNEL_OPTIONS = [*GRPC_OPTIONS, ("grpc.service_config", ROUND_ROBIN)]
 
 
 class IngestClient:
-    def __init__(self, target: str, *, timeout: float = 10.0, max_batch: int = 10_000) -> None:
+    def __init__(
+        self, target: str, *, timeout: float = 10.0, max_batch: int = 10_000, token: str = ""
+    ) -> None:
         self.target = target
         self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ingest_pb2_grpc.TweetIngestStub(self._channel)
         self._batcher: Batcher[tuple[Tweet, Mapping[str, str]]] = Batcher(
@@ -50,11 +62,15 @@ class IngestClient:
     async def _send(self, items: list[tuple[Tweet, Mapping[str, str]]]) -> None:
         batch = ingest_pb2.TweetBatch(tweets=[to_pb(t, h) for t, h in items])
         try:
-            await self._stub.PublishBatch(batch, timeout=self._timeout)
+            await self._stub.PublishBatch(batch, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidTweet(error.details() or "rejected by ingest") from error
-            raise BackendUnavailable(f"ingest: {error.code().name}: {error.details()}") from error
+            code, details = error.code(), error.details() or ""
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidTweet(details or "rejected by ingest") from error
+            reason = f"ingest: {code.name}: {details}"
+            if code in AMBIGUOUS or details.startswith("broker unavailable"):
+                raise OutcomeUnknown(reason) from error  # sent: the broker may have it
+            raise BackendUnavailable(reason) from error
 
     async def ping(self) -> None:
         try:

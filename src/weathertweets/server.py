@@ -1,0 +1,163 @@
+"""The HTTP server every service runs: uvicorn on a socket we bind, with bounds on what a client
+can make us hold or wait for.
+
+- The request line and headers: at most `MAX_HEAD_BYTES` and `MAX_HEADERS`, else 431; they
+  must arrive within `HEAD_TIMEOUT` seconds of the request's first byte, else 408 (slowloris).
+- Idle keep-alive connections close after uvicorn's keep-alive timeout.
+- Bodies are bounded and timed by the handlers (`web.Request.body`).
+The count of bytes happens before the parser keeps them, so a huge header costs at most the
+limit plus one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from weathertweets.metrics import REJECTED
+
+MAX_HEAD_BYTES = 32 * 1024
+MAX_HEADERS = 100
+HEAD_TIMEOUT = 10.0
+KEEP_ALIVE = 30
+
+
+def _plain(status: bytes, code: str, message: str) -> bytes:
+    body = f'{{"error":{{"code":"{code}","message":"{message}"}}}}'.encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+TOO_LARGE = _plain(
+    b"431 Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request line and headers exceed {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} fields",
+)
+TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request headers took too long")
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with limits on the head of each request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._received = 0  # bytes fed while a head was incomplete: what the parser may hold
+        self._head_size = 0  # the head itself: request target and header fields
+        self._head_count = 0
+        self._in_head = True
+        self._too_large = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._received += len(data)
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._refuse, TOO_SLOW)
+        super().data_received(data)
+        if self._too_large or (self._in_head and self._received > MAX_HEAD_BYTES):
+            self._refuse(TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = self._head_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._head_count <= MAX_HEADERS:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._head_count > MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
+            self._too_large = True  # refused once feed_data returns; never reaches the app
+            return
+        self._in_head = False
+        self._cancel_timer()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._too_large:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._too_large:
+            super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_head, self._received = True, 0  # the next request on this connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        super().connection_lost(exc)
+
+    def _cancel_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, answer: bytes) -> None:
+        self._cancel_timer()
+        if self.transport.is_closing():
+            return
+        REJECTED.labels("headers_too_large" if answer is TOO_LARGE else "timeout").inc()
+        self.transport.write(answer)
+        self.transport.close()
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # our runtime owns the signals and the order of shutdown
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    sock.set_inheritable(True)
+    return sock
+
+
+@asynccontextmanager
+async def http_server(app: Any, host: str, port: int) -> AsyncIterator[None]:
+    sock = bind(host, port)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+        timeout_keep_alive=KEEP_ALIVE,
+        http=BoundedHttpTools,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has a flag, no event
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+        raise OSError(f"HTTP server on {host}:{port} did not start")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
