@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
-from redis.exceptions import RedisError
 
 from tests.conftest import ServiceProcess, free_port
 from tests.dashboard_queries import PromQuery, RedisQuery, all_queries
 from tests.engines import RealNamespace, require_engines
+from tests.private_engines import PrivateRedis
 from weathertweets.gendata import generate
 from weathertweets.loadgen import run_load
 
@@ -178,41 +177,10 @@ def test_up_accepts_real_engine_urls(tmp_path: Path) -> None:
     assert not (tmp_path / "broker.db").exists()  # nothing fell back to the embedded files
 
 
-class PrivateRedis:
-    """A Redis server of this test's own (durable like the shared one), to kill and restart
-    without touching the engines other tests use."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
-        command += ["--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always"]
-        command += ["--save", "", "--daemonize", "no"]
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if Redis.from_url(self.url).ping():
-                    return
-            except RedisError:
-                assert time.monotonic() < deadline, "the private Redis did not start"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-
 def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
     """Redis goes away: tweets are still accepted (Kafka holds them), reads answer 503 with
     Retry-After, the counter retries; Redis comes back: the counts catch up, exactly."""
-    redis = PrivateRedis(tmp_path / "redis")
+    redis = PrivateRedis(tmp_path)
     redis.start()
     namespace = RealNamespace.fresh()
     namespace = RealNamespace({**namespace.env, "WT_COUNTER_URL": redis.url}, namespace.tag)

@@ -16,7 +16,7 @@ from weathertweets.logs import TWEET_ID
 from weathertweets.metrics import ACCEPTED, BATCH_SIZE, REJECTED
 from weathertweets.middleware import Observed
 from weathertweets.openapi import docs_page, openapi_spec
-from weathertweets.ports import Counters, Store
+from weathertweets.ports import BackendUnavailable, Counters, Store
 from weathertweets.services.assets import load_assets, wants_html
 from weathertweets.services.counter import set_handler
 from weathertweets.services.errors import APP_ERRORS, REJECTION_REASONS
@@ -26,6 +26,7 @@ from weathertweets.services.writes import WriteGuard
 from weathertweets.web import Handler, HTTPError, Request, Response, Router, Scope, parse_json
 
 SINGLE_BODY_LIMIT = 64 * 1024
+READ_TIMEOUT = 2.5  # seconds a read waits for the store or the counters
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson"}
 # The course's path, the original's two, and the same with a trailing slash: the original's
@@ -144,11 +145,18 @@ class Gateway:
         return await self._post_tweet(request)
 
     def _reader(self, handler: Handler) -> Handler:
-        """A read route: public, unless read keys are configured."""
+        """A read route: public unless read keys are configured, and 503 rather than a hang
+        when a backend stalls."""
 
         async def guarded(request: Request) -> Response:
             self._guard.access.reader(request)
-            return await handler(request)
+            try:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    return await handler(request)
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"no answer from a backend within {READ_TIMEOUT:g} s"
+                ) from None
 
         return guarded
 
