@@ -20,6 +20,8 @@ from tests.kube import Cluster, require_cluster, warnings
 from tests.test_deploy import ALL_ON, CHART
 
 VALUES = {"default": [], "all-on": ["-f", str(ALL_ON)]}
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+NEW_TAG = f"{APP_VERSION}-next"
 # Every kind the chart makes and `helm uninstall` must take away again.
 KINDS = (
     "deploy,statefulset,job,service,configmap,secret,ingress,networkpolicy,pdb,hpa,"
@@ -122,14 +124,14 @@ def test_install_upgrade_a_second_release_and_uninstall(cluster: Cluster, namesp
     values = ["-n", namespace, "-f", str(ALL_ON)]
     succeeds(cluster.helm("install", "wt", str(CHART), *values))
     first_jobs = jobs(cluster, namespace, "wt")
-    assert len(first_jobs) == 2 and all(i.endswith(":0.1.0") for i in first_jobs.values())
+    assert len(first_jobs) == 2 and all(i.endswith(f":{APP_VERSION}") for i in first_jobs.values())
     secret = cluster.get("secret", "wt-weathertweets-secrets", "-n", namespace)["data"]
 
-    succeeds(cluster.helm("upgrade", "wt", str(CHART), *values, "--set", "image.tag=0.1.1"))
+    succeeds(cluster.helm("upgrade", "wt", str(CHART), *values, "--set", f"image.tag={NEW_TAG}"))
     status = json.loads(cluster.helm("status", "wt", "-n", namespace, "-o", "json").stdout)
     assert (status["info"]["status"], status["version"]) == ("deployed", 2)
     upgraded = jobs(cluster, namespace, "wt")
-    assert len(upgraded) == 2 and all(i.endswith(":0.1.1") for i in upgraded.values())
+    assert len(upgraded) == 2 and all(i.endswith(f":{NEW_TAG}") for i in upgraded.values())
     assert not set(upgraded) & set(first_jobs)  # new Jobs, the old ones removed
     # lookup(): the generated passwords survive the upgrade
     assert cluster.get("secret", "wt-weathertweets-secrets", "-n", namespace)["data"] == secret
