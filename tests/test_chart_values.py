@@ -139,6 +139,6 @@ def test_locust_jobs_are_new_for_each_run_and_kept_otherwise() -> None:
         first["locust-worker"].removeprefix("wt-weathertweets-locust-worker-")
     )  # one run: the master and its workers change together
     assert jobs("--set", "gateway.replicas=3") == first
-    for change in ("image.tag=0.1.1", "locust.users=20"):
+    for change in ("image.tag=0.0.0-test", "locust.users=20"):
         changed = jobs("--set", change)
         assert not set(changed.values()) & set(first.values()), change
