@@ -15,12 +15,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/weathertweets
 COPY pyproject.toml README.md build_protos.py ./
+COPY requirements/image.txt ./requirements/image.txt
+COPY tools/install-image.sh ./tools/install-image.sh
 COPY src ./src
 # The dashboard's world map (CC BY 4.0), vendored at build time, never committed.
 COPY --from=assets /assets/node_modules/@svg-maps/world/world.svg src/weathertweets/static/vendor/world.svg
 COPY --from=assets /assets/node_modules/@svg-maps/world/LICENSE.md src/weathertweets/static/vendor/world-LICENSE.md
-# Building the wheel runs build_protos.py: the gRPC stubs are generated here, never copied in.
-RUN /opt/weathertweets/bin/pip install ".[locust]" \
+# The locked runtime (hashes checked), then the project: the same script the tests run.
+RUN tools/install-image.sh /opt/weathertweets \
  && /opt/weathertweets/bin/python -m compileall -q /opt/weathertweets
 COPY locustfile.py /opt/weathertweets/share/locustfile.py
 

@@ -1,30 +1,53 @@
 # Weather Tweets. `make run` and `make test` work from a fresh clone with only python3.11 and make.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell (command -v python3.11 || command -v python3) | head -n 1)
+# The interpreter itself, not a version manager's shim: uv compares venvs by it.
+PYTHON_EXE := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/k8s/strimzi_crds.py
+# Python packages come from uv.lock (exact versions and hashes), installed by uv, itself pinned.
+UV_VERSION := 0.13.8
+TOOLS := .cache/tools
+UV := $(TOOLS)/bin/uv
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(PYTHON_EXE)
+RUNTIME_STAMP := $(VENV)/.runtime
+DEV_STAMP := $(VENV)/.dev
+DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/k8s/strimzi_crds.py
 
-.PHONY: install run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench clean
+.PHONY: install dev run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench lock clean
 
-install: $(STAMP)
+install: $(RUNTIME_STAMP)
+dev: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml build_protos.py src/weathertweets/proto/*.proto tools/assets/package-lock.json
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# The runtime only (what `make run` needs); the dev tools come with `make test`.
+$(RUNTIME_STAMP): $(DEPENDS) tools/assets/package-lock.json | $(UV)
+	@test -x $(BIN)/python || $(UV) venv --seed --quiet --python $(PYTHON_EXE) $(VENV)
+	$(SYNC)
 	tools/assets/vendor.sh
-	@touch $(STAMP)
+	@touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(SYNC) --extra dev
+	@touch $@
+
+# After changing dependencies in pyproject.toml: resolve again, and export the image's pins.
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON_EXE)
+	$(UV) export --frozen --no-dev --extra locust --no-emit-project --quiet -o requirements/image.txt
 
 run: install
 	$(BIN)/weathertweets up
 
-lint: install
+lint: dev
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 
-format: install
+format: dev
 	$(BIN)/ruff check --fix $(PY_SOURCES)
 	$(BIN)/ruff format $(PY_SOURCES)
 
@@ -40,7 +63,7 @@ test: lint $(if $(filter 1,$(ENGINES)),chart services browser k8s-up)
 services:
 	tools/engines/services.sh up
 
-chart: install
+chart: dev
 	tools/chart/render.sh
 
 browser:
@@ -56,10 +79,10 @@ k8s-down:
 k8s-status:
 	tools/k8s/cluster.sh status
 
-bench: install
+bench: dev
 	$(BIN)/python tools/bench.py
 
-dashboards: install
+dashboards: dev
 	$(BIN)/python tools/dashboards.py
 
 services-down:
@@ -68,10 +91,10 @@ services-down:
 services-status:
 	tools/engines/services.sh status
 
-unit: install
+unit: dev
 	$(BIN)/python -m pytest -q -m "not e2e"
 
-e2e: install
+e2e: dev
 	$(BIN)/python -m pytest -q -m e2e
 
 clean:

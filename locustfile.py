@@ -7,7 +7,8 @@ stats; when the file is used up each user stops, and the run ends by itself.
     locust -f locustfile.py --headless -u 10 -r 10 -H http://127.0.0.1:8080
 
 Settings: WT_LOCUST_DATA (default data.json), WT_LOCUST_STATS_WEIGHT (default 1 GET per
-9 POSTs), WT_LOCUST_WORKERS (distributed runs: how many workers share the file).
+9 POSTs), WT_LOCUST_WORKERS (distributed runs: how many workers share the file), WT_API_KEY
+(the bearer key of a deployment that requires one).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import gevent
 from locust import HttpUser, between, events, task
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
+
+from weathertweets.client import TWEET_PATH, write_headers
 
 log = logging.getLogger("weathertweets.locust")
 
@@ -56,6 +59,7 @@ class Reader:
 
 
 reader = Reader(Path(os.environ.get("WT_LOCUST_DATA", "data.json")))
+API_KEY = os.environ.get("WT_API_KEY") or None
 
 
 class WeatherTweeter(HttpUser):
@@ -71,13 +75,17 @@ class WeatherTweeter(HttpUser):
         record = reader.pick()
         if record is None:
             raise StopUser()
-        self.client.post("/input", json=record, name="/input")
+        # One Idempotency-Key per tweet (and the bearer key of a keyed deployment), built by
+        # weathertweets.client as every client of ours does.
+        headers = write_headers(API_KEY)
+        self.client.post(TWEET_PATH, json=record, headers=headers, name=TWEET_PATH)
 
     @task(int(os.environ.get("WT_LOCUST_STATS_WEIGHT", "1")))
     def read_stats(self) -> None:
         if not reader.records:
             raise StopUser()
-        self.client.get("/api/v1/stats", name="/api/v1/stats")
+        headers = {"authorization": f"Bearer {API_KEY}"} if API_KEY else {}
+        self.client.get("/api/v1/stats", name="/api/v1/stats", headers=headers)
 
 
 @events.init.add_listener

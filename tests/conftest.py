@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -79,12 +80,14 @@ class Pipeline:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: ServiceProcess | None = None
         self.runs = 0
+        self.env: dict[str, str] = {}  # extra WT_* variables for the process
 
     def start(self) -> Pipeline:
         self.runs += 1
         args = ["up", "--port", str(self.port), "--ingest-port", str(self.ingest_port)]
         args += ["--data-dir", str(self.data_dir)]
-        self.process = ServiceProcess(args, self.log_dir / f"up-{self.runs}.log").start()
+        log = self.log_dir / f"up-{self.runs}.log"
+        self.process = ServiceProcess(args, log, self.env).start()
         self.process.wait_ready(self.url + "/readyz")
         return self
 
@@ -104,6 +107,17 @@ class Pipeline:
                 previous = stats
             time.sleep(0.3)
         raise AssertionError(f"not settled after {timeout}s: {self.stats()}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`main()` configures the root logger for a process; a test calling it must not leave
+    handlers bound to a captured (then closed) stream behind for the next test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

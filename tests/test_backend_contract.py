@@ -10,7 +10,7 @@ import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
 from weathertweets.domain import encode_record, make_tweet
-from weathertweets.ports import ArchivedTweet, Broker, CountedTweet
+from weathertweets.ports import ArchivedTweet, Broker, CountedTweet, Record
 from weathertweets.weather import classify
 
 
@@ -39,7 +39,9 @@ async def _drain(broker: Broker, group: str, expected: int) -> list[bytes]:
 async def test_broker_delivers_everything_to_each_group(backends: Opened) -> None:
     broker = backends.broker
     values = [f"tweet-{i}".encode() for i in range(300)]
-    await asyncio.gather(*(broker.publish(values[i : i + 30]) for i in range(0, 300, 30)))
+    await asyncio.gather(
+        *(broker.publish([Record(v) for v in values[i : i + 30]]) for i in range(0, 300, 30))
+    )
     archived = await _drain(broker, "archiver", 300)
     counted = await _drain(broker, "counter", 300)
     assert sorted(archived) == sorted(values)
@@ -48,7 +50,7 @@ async def test_broker_delivers_everything_to_each_group(backends: Opened) -> Non
 
 async def test_broker_resumes_after_the_last_commit(backends: Opened) -> None:
     broker = backends.broker
-    await broker.publish([b"a", b"b", b"c"])
+    await broker.publish([Record(b"a"), Record(b"b"), Record(b"c")])
     consumer = broker.consumer("g")
     seen: list[bytes] = []
     committed: bytes | None = None
@@ -66,7 +68,7 @@ async def test_broker_resumes_after_the_last_commit(backends: Opened) -> None:
 
 async def test_broker_reports_lag(backends: Opened) -> None:
     broker = backends.broker
-    await broker.publish([b"x"] * 5)
+    await broker.publish([Record(b"x")] * 5)
     consumer = broker.consumer("lagging")
     got = []
     for _ in range(40):
@@ -150,7 +152,7 @@ async def test_counters_direct_increment(backends: Opened) -> None:
 
 async def test_records_survive_a_restart(backends: Opened) -> None:
     tweet = make_tweet("Nieve", "Noruega")
-    await backends.broker.publish([encode_record(tweet)])
+    await backends.broker.publish([Record(encode_record(tweet))])
     async with opened(backends.namespace) as again:
         values = await _drain(again.broker, "after-restart", 1)
     assert values == [encode_record(tweet)]

@@ -106,7 +106,9 @@ def test_the_dashboard_shows_what_the_api_says(pipeline: Pipeline, browser: obje
 
     _until(lambda: el("latency-p50") != "–", "the latency")
     _until(lambda: el("energy-j1000") not in ("–", ""), "the energy per tweet")
-    assert float(el("energy-j1000")) > 0
+    assert float(el("energy-j1000").replace(".", "").replace(",", ".")) > 0  # 1.234,5
+    assert el("energy-kwh").endswith(("kWh", " Wh", "mWh"))  # a readable unit, no 1e-6
+    assert browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
     assert "CPU-time estimate" in el("energy-model")
 
     more = generate(500, seed=10)  # live: the page follows without a reload

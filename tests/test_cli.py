@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from dataclasses import fields
@@ -65,7 +66,50 @@ def test_gen_data_is_realistic_and_repeatable(tmp_path: Path) -> None:
 def test_settings_travel_to_child_processes_as_variables(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path, port=9191, counter_prefix="x:").resolve()
+    settings = Settings(data_dir=tmp_path, port=9191, counter_prefix="x:", seed_keys=False)
+    settings.resolve()
     for name, value in settings.environment().items():
         monkeypatch.setenv(name, value)
-    assert Settings().resolve() == settings
+    assert Settings.from_env().resolve() == settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("WT_PORT", "abc", "WT_PORT='abc': expected an integer"),
+        ("WT_PORT", "70000", "WT_PORT=70000: not a TCP port"),
+        ("WT_SEED_KEYS", "maybe", "WT_SEED_KEYS='maybe'"),
+        ("WT_ENERGY_MAX_WATTS", "lots", "WT_ENERGY_MAX_WATTS='lots': expected a number"),
+        ("WT_LOG_FORMAT", "xml", "WT_LOG_FORMAT='xml'"),
+    ],
+)
+def test_a_bad_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    named: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["up"]) == 2
+    error = capsys.readouterr().err
+    assert named in error and error.count("\n") == 1  # one line, no traceback
+
+
+def test_a_bad_flag_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "--port", "http"]) == 2
+    assert "--port='http': expected an integer" in capsys.readouterr().err
+
+
+def test_every_flag_comes_from_a_declared_setting() -> None:
+    subcommands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    flags = {
+        option
+        for action in subcommands.choices["up"]._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    declared = {"--" + f.name.replace("_", "-") for f in fields(Settings)}
+    assert flags and flags <= declared

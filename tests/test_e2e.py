@@ -13,11 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
 import httpx
 import pytest
 
 from tests.conftest import ROOT, Pipeline, ServiceProcess, free_port
+from weathertweets.client import NO_RETRIES, ApiError, AsyncClient
 from weathertweets.gendata import generate
 from weathertweets.loadgen import run_load
 
@@ -69,19 +69,16 @@ async def _post_until_killed(url: str, acked: list[str], attempts: int) -> None:
     for record in records:
         queue.put_nowait(record)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(client: AsyncClient) -> None:
         while not queue.empty():
             record = queue.get_nowait()
             try:
-                async with session.post(url + "/input", json=record) as response:
-                    if response.status == 202:
-                        acked.append((await response.json())["id"])
-            except (aiohttp.ClientError, TimeoutError):
+                acked.append(await client.publish(record["texto"], record["pais"]))
+            except (ApiError, httpx.HTTPError):
                 return  # the process is gone
 
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(*(worker(session) for _ in range(8)))
+    async with AsyncClient(url, timeout=10, retries=NO_RETRIES) as client:
+        await asyncio.gather(*(worker(client) for _ in range(8)))
 
 
 async def _kill_after(pipeline: Pipeline, acked: list[str], threshold: int) -> None:
@@ -173,7 +170,7 @@ def test_stack_reports_a_dead_service_and_never_restarts_it(tmp_path: Path) -> N
     ports["WT_COUNTER_PORT"] = str(free_port())
     env = {**ports, "WT_DATA_DIR": str(tmp_path / "data"), "WT_PROMETHEUS_TARGETS_FILE": ""}
     stack = ServiceProcess(["stack"], tmp_path / "stack.log", env).start()
-    stack.wait_ready(f"http://127.0.0.1:{ports['WT_ARCHIVER_PORT']}/readyz")
+    stack.wait_ready(f"http://127.0.0.1:{ports['WT_ARCHIVER_PORT']}/readyz", timeout=90)
     deadline = time.monotonic() + 60
     while "stack ready" not in stack.output:
         assert time.monotonic() < deadline, stack.output
@@ -210,3 +207,24 @@ def test_live_events_stream_and_do_not_hold_up_a_shutdown(pipeline: Pipeline) ->
         started = time.monotonic()
         assert pipeline.process.stop() == 0
         assert time.monotonic() - started < 10  # the open stream was ended, not waited for
+
+
+def test_a_dead_consumer_stops_the_process_with_a_non_zero_exit(pipeline: Pipeline) -> None:
+    """A store that refuses writes in a way no retry fixes (here a trigger someone added)
+    kills the archiver's task: the process says why and exits 1 for its supervisor to act,
+    instead of retrying forever behind a green /readyz."""
+    pipeline.start()
+    with sqlite3.connect(pipeline.data_dir / "store.db") as store:
+        store.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON register BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    answer = httpx.post(pipeline.url + "/input", json={"texto": "Sol", "pais": "Chile"})
+    assert answer.status_code == 202  # the broker has it; the archive will get it after a fix
+    assert pipeline.process is not None and pipeline.process.proc is not None
+    assert pipeline.process.proc.wait(60) == 1
+    assert "archiver died; stopping" in pipeline.process.output
+    with sqlite3.connect(pipeline.data_dir / "broker.db") as broker:
+        (committed,) = broker.execute(
+            "SELECT coalesce(max(next_offset), 1) FROM positions WHERE grp = 'archiver'"
+        ).fetchone()
+    assert committed == 1  # not committed: the tweet is archived once the store is fixed

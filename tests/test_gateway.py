@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -25,7 +25,9 @@ class RecordingPublisher:
         self.tweets: list[Tweet] = []
         self.down = False
 
-    async def publish(self, tweets: Sequence[Tweet]) -> None:
+    async def publish(
+        self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
+    ) -> None:
         if self.down:
             raise BackendUnavailable("broker unreachable")
         self.tweets.extend(tweets)
@@ -53,7 +55,7 @@ async def client(tmp_path: Path, publisher: RecordingPublisher) -> AsyncIterator
         max_batch=100,
         live=live,
     )
-    transport = httpx.ASGITransport(app=gateway.router)
+    transport = httpx.ASGITransport(app=gateway.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         yield http
     await store.close()

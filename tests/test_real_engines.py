@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -13,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 
-from tests.conftest import ROOT, ServiceProcess, free_port
+from tests.conftest import ServiceProcess, free_port
 from tests.dashboard_queries import PromQuery, RedisQuery, all_queries
 from tests.engines import RealNamespace, require_engines
 from weathertweets.gendata import generate
@@ -179,20 +178,53 @@ def test_up_accepts_real_engine_urls(tmp_path: Path) -> None:
     assert not (tmp_path / "broker.db").exists()  # nothing fell back to the embedded files
 
 
+class PrivateRedis:
+    """A Redis server of this test's own (durable like the shared one), to kill and restart
+    without touching the engines other tests use."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always"]
+        command += ["--save", "", "--daemonize", "no"]
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if Redis.from_url(self.url).ping():
+                    return
+            except RedisError:
+                assert time.monotonic() < deadline, "the private Redis did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+
 def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
     """Redis goes away: tweets are still accepted (Kafka holds them), reads answer 503 with
     Retry-After, the counter retries; Redis comes back: the counts catch up, exactly."""
+    redis = PrivateRedis(tmp_path / "redis")
+    redis.start()
     namespace = RealNamespace.fresh()
+    namespace = RealNamespace({**namespace.env, "WT_COUNTER_URL": redis.url}, namespace.tag)
     env = {**namespace.env, **_ports()}
     up = ServiceProcess(["up", "--data-dir", str(tmp_path)], tmp_path / "up.log", env).start()
     gateway = f"http://127.0.0.1:{env['WT_PORT']}"
-    redis_pid_file = ROOT / ".cache" / "run" / "redis.pid"
     records = generate(3000, seed=51)
     try:
         up.wait_ready(gateway + "/readyz", timeout=90)
         accepted = _send(gateway, records[:1500], batch=0)
         namespace.wait_exact(1500)
-        os.kill(int(redis_pid_file.read_text()), signal.SIGKILL)
+        redis.kill()
         accepted += _send(gateway, records[1500:], batch=100)  # the broker still takes them
         stats = httpx.get(gateway + "/api/v1/stats", timeout=30)
         assert stats.status_code == 503
@@ -200,7 +232,7 @@ def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -
         assert stats.json()["error"]["code"] == "unavailable"
         assert httpx.get(gateway + "/readyz", timeout=30).status_code == 503
     finally:
-        subprocess.run([str(ROOT / "tools/engines/services.sh"), "up"], check=True, timeout=120)
+        redis.start()
     try:
         assert accepted == 3000
         countries = namespace.wait_exact(3000)
@@ -208,3 +240,4 @@ def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -
         assert httpx.get(gateway + "/readyz", timeout=30).status_code == 200
     finally:
         assert up.stop(timeout=60) == 0
+        redis.kill()

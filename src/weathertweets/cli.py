@@ -10,50 +10,55 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weathertweets import __version__
-from weathertweets.config import ENVIRONMENT, Settings
+from weathertweets.config import SettingError, Settings, declared, help_lines, meaning
 
-EPILOG = "environment (flags win):\n" + "\n".join(
-    f"  {name:<24} {meaning}" for name, meaning in ENVIRONMENT.items()
-)
+EPILOG = "environment (flags win):\n" + "\n".join(help_lines())
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="address to bind (WT_HOST)")
-    parser.add_argument("--port", type=int, help="gateway HTTP port (WT_PORT)")
-    parser.add_argument("--ingest-port", type=int, help="ingest gRPC port (WT_INGEST_PORT)")
-    parser.add_argument("--data-dir", type=Path, help="embedded backends' folder (WT_DATA_DIR)")
-    parser.add_argument("--broker-url", help="WT_BROKER_URL")
-    parser.add_argument("--store-url", help="WT_STORE_URL")
-    parser.add_argument("--counter-url", help="WT_COUNTER_URL")
+    for item in declared():
+        if item.metadata["flag"]:
+            parser.add_argument(
+                _flag_name(item.name), metavar=item.name.upper(), help=f"{meaning(item)}"
+            )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings()
-    for name in (
-        "host", "port", "ingest_port", "ingest_target", "data_dir",
-        "broker_url", "store_url", "counter_url",
-    ):  # fmt: skip
-        value = getattr(args, name, None)
+    settings = Settings.from_env()
+    for item in declared():
+        value = getattr(args, item.name, None)
         if value is not None:
-            setattr(settings, name, value)
+            settings.override(item.name, value, _flag_name(item.name))
     return settings.resolve()
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
 def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
-    from weathertweets.runtime import run
+    from weathertweets.logs import configure
+    from weathertweets.runtime import ServiceFailed, run
 
     settings = _settings(args)
-    _logging(settings.log_level)
+    configure(settings.log_level, settings.log_format)
+
+    def announce(line: str) -> None:
+        if settings.log_format == "json":  # every line JSON: announcements go through logging
+            logging.getLogger("weathertweets").info("%s", line)
+        else:
+            print(line, flush=True)
+
     try:
-        asyncio.run(run(settings, services, announce=lambda line: print(line, flush=True)))
+        asyncio.run(run(settings, services, announce=announce))
+    except ServiceFailed as error:
+        logging.getLogger("weathertweets").error("%s", error)
+        return 1
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if settings.log_format == "json":
+            logging.getLogger("weathertweets").error("error: %s", error)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -61,7 +66,7 @@ def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from weathertweets.runtime import SERVICES
 
-    return _run_services(args, SERVICES)
+    return _run_services(args, list(SERVICES))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -139,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "run one service")
     serve.add_argument("service", choices=["gateway", "ingest", "archiver", "counter"])
     _add_server_flags(serve)
-    serve.add_argument("--ingest-target", help="host:port of ingest, for the gateway")
     serve.set_defaults(func=cmd_serve)
 
     stack = command(
@@ -168,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except SettingError as error:
+        print(f"weathertweets: error: {error}", file=sys.stderr)
+        return 2
     return result
 
 

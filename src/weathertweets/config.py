@@ -1,62 +1,124 @@
-"""Settings: every one has a `WT_*` environment variable; command-line flags override them."""
+"""Settings, each declared once: its type, default and meaning live on one field.
+
+From that declaration come the `WT_*` environment variable, the command-line flag (for the
+fields marked `flag=True`), the `--help` text, and the variables a parent hands to its children.
+A value that does not parse is a `SettingError` naming the variable or flag.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_type_hints
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class SettingError(ValueError):
+    """A setting's value cannot be used; the message names where it came from."""
+
+
+def setting(default: Any, meaning: str, *, flag: bool = False) -> Any:
+    return field(default=default, metadata={"meaning": meaning, "flag": flag})
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    if raw.strip().lower() in _TRUE | _FALSE:
-        return raw.strip().lower() in _TRUE
-    raise ValueError(f"{name}={raw!r}: use 1 or 0 (true/false, yes/no, on/off)")
+def _parse(kind: type, raw: str, source: str) -> object:
+    text = raw.strip()
+    try:
+        if kind is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError("use 1 or 0 (true/false, yes/no, on/off)")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is Path:
+            return Path(text)
+        return raw
+    except ValueError as error:
+        what = {int: "an integer", float: "a number"}.get(kind, "")
+        reason = f"expected {what}" if what else str(error)
+        raise SettingError(f"{source}={raw!r}: {reason}") from None
 
 
 @dataclass
 class Settings:
-    data_dir: Path = field(default_factory=lambda: Path(_env("WT_DATA_DIR", "data")))
-    broker_url: str = field(default_factory=lambda: _env("WT_BROKER_URL", ""))
-    store_url: str = field(default_factory=lambda: _env("WT_STORE_URL", ""))
-    counter_url: str = field(default_factory=lambda: _env("WT_COUNTER_URL", ""))
-    host: str = field(default_factory=lambda: _env("WT_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(_env("WT_PORT", "8080")))
-    ingest_port: int = field(default_factory=lambda: int(_env("WT_INGEST_PORT", "50051")))
-    ingest_target: str = field(default_factory=lambda: _env("WT_INGEST_TARGET", ""))
-    counter_port: int = field(default_factory=lambda: int(_env("WT_COUNTER_PORT", "8000")))
-    archiver_port: int = field(default_factory=lambda: int(_env("WT_ARCHIVER_PORT", "8001")))
-    ingest_metrics_port: int = field(
-        default_factory=lambda: int(_env("WT_INGEST_METRICS_PORT", "8002"))
+    data_dir: Path = setting(Path("data"), "folder of the embedded SQLite files", flag=True)
+    broker_url: str = setting(
+        "", "sqlite:///path or kafka://host:port (default: <data-dir>/broker.db)", flag=True
     )
-    topic: str = field(default_factory=lambda: _env("WT_TOPIC", "messages"))
-    partitions: int = field(default_factory=lambda: int(_env("WT_PARTITIONS", "3")))
-    store_collection: str = field(default_factory=lambda: _env("WT_STORE_COLLECTION", "register"))
-    counter_prefix: str = field(default_factory=lambda: _env("WT_COUNTER_PREFIX", "wt:"))
-    seed_keys: bool = field(default_factory=lambda: _flag("WT_SEED_KEYS", True))
-    max_batch: int = field(default_factory=lambda: int(_env("WT_MAX_BATCH", "10000")))
-    log_level: str = field(default_factory=lambda: _env("WT_LOG_LEVEL", "info"))
-    energy_min_watts: float = field(
-        default_factory=lambda: float(_env("WT_ENERGY_MIN_WATTS", "0.71"))
+    store_url: str = setting(
+        "", "sqlite:///path or mongodb://host:port/db (default: <data-dir>/store.db)", flag=True
     )
-    energy_max_watts: float = field(
-        default_factory=lambda: float(_env("WT_ENERGY_MAX_WATTS", "4.26"))
+    counter_url: str = setting(
+        "", "sqlite:///path or redis://host:port/0 (default: <data-dir>/counters.db)", flag=True
     )
-    grid_gco2_per_kwh: float = field(
-        default_factory=lambda: float(_env("WT_GRID_GCO2_PER_KWH", "475"))
+    host: str = setting("127.0.0.1", "address the services bind", flag=True)
+    port: int = setting(8080, "gateway HTTP port", flag=True)
+    ingest_port: int = setting(50051, "ingest gRPC port", flag=True)
+    ingest_target: str = setting(
+        "",
+        "where the gateway finds ingest: host:port, dns:///name:port, ipv4:a:p,b:p"
+        " (default: 127.0.0.1:<ingest-port>)",
+        flag=True,
     )
-    prometheus_targets_file: str = field(
-        default_factory=lambda: _env("WT_PROMETHEUS_TARGETS_FILE", "")
+    counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
+    archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
+    ingest_metrics_port: int = setting(8002, "ingest HTTP port: /metrics and probes")
+    topic: str = setting("messages", "broker topic")
+    partitions: int = setting(3, "partitions when the topic is created")
+    store_collection: str = setting("register", "MongoDB collection of the archive")
+    counter_prefix: str = setting("wt:", "prefix of the Redis keys")
+    seed_keys: bool = setting(
+        True, "1: also keep the original's bare HINCRBY <pais> <texto> hashes"
     )
+    max_batch: int = setting(10_000, "most tweets in one POST /api/v1/tweets")
+    log_level: str = setting("info", "debug, info, warning or error")
+    log_format: str = setting("text", "text, or json: one JSON object per line")
+    access_log: bool = setting(True, "1: one log line per HTTP request (method, path, status, ms)")
+    energy_min_watts: float = setting(0.71, "energy model: watts of an idle vCPU")
+    energy_max_watts: float = setting(4.26, "energy model: watts of a busy vCPU")
+    grid_gco2_per_kwh: float = setting(475.0, "grid carbon intensity, gCO2e per kWh")
+    prometheus_targets_file: str = setting(
+        "", "`stack` writes its services' /metrics addresses here (file_sd)"
+    )
+    otlp_endpoint: str = setting(
+        "", "OpenTelemetry: send traces to this OTLP/HTTP endpoint (needs the `tracing` extra)"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in declared():
+            raw = environ.get(variable(item))
+            if raw is not None and (raw.strip() or kind(item) is str):
+                values[item.name] = _parse(kind(item), raw, variable(item))
+        return cls(**values).checked()
+
+    def override(self, name: str, raw: object, source: str) -> None:
+        """Set from a command-line flag (already parsed, or text to parse)."""
+        value = _parse(_kinds()[name], raw, source) if isinstance(raw, str) else raw
+        setattr(self, name, value)
+
+    def checked(self) -> Settings:
+        for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
+        for name in ("partitions", "max_batch"):
+            if getattr(self, name) < 1:
+                raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise SettingError(f"WT_LOG_FORMAT={self.log_format!r}: use text or json")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingError(
+                f"WT_LOG_LEVEL={self.log_level!r}: use debug, info, warning or error"
+            )
+        return self
 
     def resolve(self) -> Settings:
         """Fill what was left empty: the embedded backends under data_dir, ingest on loopback."""
@@ -65,7 +127,7 @@ class Settings:
         self.store_url = self.store_url or f"sqlite:///{base}/store.db"
         self.counter_url = self.counter_url or f"sqlite:///{base}/counters.db"
         self.ingest_target = self.ingest_target or f"127.0.0.1:{self.ingest_port}"
-        return self
+        return self.checked()
 
     def environment(self) -> dict[str, str]:
         """These settings as the `WT_*` variables that reproduce them in another process."""
@@ -73,30 +135,44 @@ class Settings:
         def text(value: object) -> str:
             return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
-        return {f"WT_{name.upper()}": text(value) for name, value in asdict(self).items()}
+        return {variable(f): text(getattr(self, f.name)) for f in declared()}
 
 
-ENVIRONMENT = {
-    "WT_DATA_DIR": "folder of the embedded SQLite files (default: data)",
-    "WT_BROKER_URL": "sqlite:///path or kafka://host:port (default: <data-dir>/broker.db)",
-    "WT_STORE_URL": "sqlite:///path or mongodb://host:port/db (default: <data-dir>/store.db)",
-    "WT_COUNTER_URL": "sqlite:///path or redis://host:port/0 (default: <data-dir>/counters.db)",
-    "WT_HOST": "address the HTTP services bind (default: 127.0.0.1)",
-    "WT_PORT": "gateway HTTP port (default: 8080)",
-    "WT_INGEST_PORT": "ingest gRPC port (default: 50051)",
-    "WT_INGEST_TARGET": "where the gateway finds ingest (default: 127.0.0.1:<ingest-port>)",
-    "WT_COUNTER_PORT": "counter HTTP port: POST /set and /metrics (default: 8000)",
-    "WT_ARCHIVER_PORT": "archiver HTTP port: /metrics and probes (default: 8001)",
-    "WT_INGEST_METRICS_PORT": "ingest HTTP port: /metrics and probes (default: 8002)",
-    "WT_TOPIC": "broker topic (default: messages)",
-    "WT_PARTITIONS": "partitions when the topic is created (default: 3)",
-    "WT_STORE_COLLECTION": "MongoDB collection of the archive (default: register)",
-    "WT_COUNTER_PREFIX": "prefix of the Redis keys (default: wt:)",
-    "WT_SEED_KEYS": "1: also keep the original's bare HINCRBY <pais> <texto> hashes (default: 1)",
-    "WT_MAX_BATCH": "most tweets in one POST /api/v1/tweets (default: 10000)",
-    "WT_LOG_LEVEL": "debug, info, warning or error (default: info)",
-    "WT_ENERGY_MIN_WATTS": "energy model: watts of an idle vCPU (default: 0.71)",
-    "WT_ENERGY_MAX_WATTS": "energy model: watts of a busy vCPU (default: 4.26)",
-    "WT_GRID_GCO2_PER_KWH": "grid carbon intensity, gCO2e per kWh (default: 475)",
-    "WT_PROMETHEUS_TARGETS_FILE": "`stack` writes its services' /metrics addresses here (file_sd)",
-}
+def declared() -> tuple[Field[Any], ...]:
+    return fields(Settings)
+
+
+def variable(item: Field[Any]) -> str:
+    return f"WT_{item.name.upper()}"
+
+
+def _kinds() -> dict[str, type]:
+    return get_type_hints(Settings)  # the annotations are strings (PEP 563)
+
+
+def kind(item: Field[Any]) -> type:
+    return _kinds()[item.name]
+
+
+def default_text(item: Field[Any]) -> str:
+    default = item.default if item.default is not MISSING else ""
+    if isinstance(default, bool):
+        return "1" if default else "0"
+    return str(default) if default != "" else ""
+
+
+def help_lines() -> list[str]:
+    """One line per variable, for `--help`: name, meaning, default."""
+    lines = []
+    for item in declared():
+        default = default_text(item)
+        suffix = f" (default: {default})" if default and "(default" not in meaning(item) else ""
+        lines.append(f"  {variable(item):<26} {meaning(item)}{suffix}")
+    return lines
+
+
+def meaning(item: Field[Any]) -> str:
+    return str(item.metadata["meaning"])
+
+
+ENVIRONMENT = {variable(item): meaning(item) for item in declared()}

@@ -10,8 +10,7 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import msgspec
+import httpx
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,6 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from weathertweets.client import NO_RETRIES, ApiError, AsyncClient
+from weathertweets.domain import PAIS_ALIASES, TEXTO_ALIASES
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -67,56 +69,65 @@ async def run_load(
     rate: float,
     batch: int,
     progress: Progress | None = None,
+    api_key: str | None = None,
 ) -> Outcome:
-    """Send `total` tweets (cycling through `records`), `batch` per request when batch > 0."""
+    """Send `total` tweets (cycling through `records`), `batch` per request when batch > 0.
+
+    Through `weathertweets.client` without retries, so every answer is counted as it came;
+    each write carries its own Idempotency-Key. Under `rate`, latency counts from the moment a
+    request was due, not from when it left: a stalled server cannot hide its queue."""
     tweets = list(islice(cycle(records), total))
-    bodies: list[Any]
     if batch > 0:
-        bodies = [tweets[i : i + batch] for i in range(0, len(tweets), batch)]
-        path, counts = "/api/v1/tweets", [len(b) for b in bodies]
+        bodies: list[Any] = [tweets[i : i + batch] for i in range(0, len(tweets), batch)]
     else:
-        bodies, path, counts = list(tweets), "/input", [1] * len(tweets)
+        bodies = list(tweets)
     outcome = Outcome()
     task = progress.add_task("tweets", total=total) if progress else None
     next_index = 0
     started = time.perf_counter()
-    target = url.rstrip("/") + path
-    encode = msgspec.json.encode
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+    async with AsyncClient(
+        url, api_key=api_key, timeout=30, retries=NO_RETRIES, max_connections=concurrency
+    ) as client:
+
+        async def send(body: Any) -> int:
+            if batch > 0:
+                return await client.publish_batch(body)
+            texto = next((body[k] for k in TEXTO_ALIASES if k in body), "")
+            pais = next((body[k] for k in PAIS_ALIASES if k in body), "")
+            await client.publish(str(texto), str(pais))
+            return 1
 
         async def worker() -> None:
             nonlocal next_index
             while next_index < len(bodies):
                 index = next_index
                 next_index += 1
+                due = time.perf_counter()
                 if rate > 0:
-                    delay = started + index / rate - time.perf_counter()
+                    due = started + index / rate
+                    delay = due - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                sent = time.perf_counter()
+                count = len(bodies[index]) if batch > 0 else 1
                 try:
-                    async with client.post(
-                        target, data=encode(bodies[index]), headers=headers
-                    ) as response:
-                        await response.read()
-                        status = str(response.status)
-                except (aiohttp.ClientError, TimeoutError) as error:
+                    await send(bodies[index])
+                    status = "202"
+                except ApiError as error:
+                    status = str(error.status)
+                except httpx.HTTPError as error:
                     status = type(error).__name__
-                outcome.latencies.append(time.perf_counter() - sent)
+                outcome.latencies.append(time.perf_counter() - due)
                 outcome.requests += 1
                 outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
-                if status in ("200", "202"):
-                    outcome.accepted += counts[index]
+                if status == "202":
+                    outcome.accepted += count
                 elif status.startswith("4"):
-                    outcome.rejected += counts[index]
+                    outcome.rejected += count
                 else:
-                    outcome.errors += counts[index]
+                    outcome.errors += count
                 if progress is not None and task is not None:
-                    progress.advance(task, counts[index])
+                    progress.advance(task, count)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     outcome.elapsed = time.perf_counter() - started

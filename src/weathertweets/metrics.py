@@ -7,6 +7,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 HTTP_REQUESTS = Counter(
     "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
 )
+HTTP_DURATION = Histogram(
+    "weathertweets_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route",
+    ["service", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+GRPC_HANDLED = Counter(
+    "weathertweets_grpc_server_handled",
+    "gRPC calls answered, by method and code",
+    ["method", "code"],
+)
+GRPC_DURATION = Histogram(
+    "weathertweets_grpc_server_handling_seconds",
+    "Time to answer a gRPC call, by method",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+DEAD_LETTERS = Counter(
+    "weathertweets_records_dead_lettered",
+    "Broker records a sink refused for good, sent to the dead-letter destination",
+    ["group"],
+)
+TASK_FAILURES = Counter(
+    "weathertweets_task_failures", "Background tasks that died (the process then exits)", ["task"]
+)
 ACCEPTED = Counter("weathertweets_tweets_accepted", "Tweets acknowledged (durable on the broker)")
 REJECTED = Counter("weathertweets_tweets_rejected", "Requests refused, by reason", ["reason"])
 BATCH_SIZE = Histogram(
@@ -27,7 +52,24 @@ E2E_LATENCY = Histogram(
     "weathertweets_end_to_end_seconds",
     "From received_at to archived or counted",
     ["group"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.02,
+        0.03,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+    ),
 )
 
 

@@ -19,6 +19,27 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot take the request now; the caller should retry later (503)."""
 
 
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class SinkRejected(Exception):
+    """A sink refuses some records for good (not a transient failure): the consumer sends
+    them to the dead-letter destination and goes on. `indexes` are positions in the batch."""
+
+    def __init__(self, message: str, indexes: Sequence[int]) -> None:
+        super().__init__(message)
+        self.indexes = list(indexes)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record to publish: the value, an optional key, headers that travel with it."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One broker record as a consumer sees it; `timestamp_ms` is the broker's, when it has one."""
@@ -28,6 +49,7 @@ class Message:
     value: bytes
     topic: str = ""
     timestamp_ms: int | None = None
+    headers: Headers = ()
 
     @property
     def position(self) -> str:
@@ -79,8 +101,12 @@ class Consumer(Protocol):
 class Broker(Protocol):
     async def start(self) -> None: ...
 
-    async def publish(self, values: Sequence[bytes]) -> None:
-        """Return only once every value is durable; raise BackendUnavailable otherwise."""
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Return only once every record is durable; raise BackendUnavailable otherwise."""
+        ...
+
+    async def dead_letter(self, group: str, messages: Sequence[Message], reason: str) -> None:
+        """Keep records a group could not process, with why, for an operator to look at."""
         ...
 
     def consumer(self, group: str) -> Consumer: ...

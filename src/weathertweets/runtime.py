@@ -1,7 +1,10 @@
 """Run one service, several, or all of them in one process, and stop them in the right order.
 
-Start: backends, consumers, ingest, gateway. Stop (SIGINT/SIGTERM): the reverse, so in-flight
-requests finish, ingest flushes to the broker, and the consumers drain what is left.
+The services are data (`SERVICES`): what each needs and how it starts. Start follows the table
+(consumers, ingest, gateway); a stop (SIGINT/SIGTERM) goes in reverse, so in-flight requests
+finish, ingest flushes to the broker, and the consumers drain what is left. Background tasks
+run under a `Supervisor`: one that dies makes `/readyz` fail and stops the process, which then
+exits non-zero (`ServiceFailed`) for its orchestrator to restart.
 """
 
 from __future__ import annotations
@@ -10,27 +13,33 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
-from weathertweets import energy
+from weathertweets import energy, tracing
 from weathertweets.backends import open_broker, open_counters, open_store
 from weathertweets.config import Settings
-from weathertweets.ports import Broker, Consumer, Counters, Store
+from weathertweets.metrics import TASK_FAILURES
+from weathertweets.ports import BackendUnavailable, Broker, Counters, Store
 from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
+from weathertweets.services.errors import APP_ERRORS
 from weathertweets.services.gateway import Gateway
 from weathertweets.services.ingest import start_ingest_server
 from weathertweets.services.ingest_client import IngestClient
 from weathertweets.services.live import LiveFeed
-from weathertweets.services.ops import Check, ops_router
+from weathertweets.services.ops import Check, add_ops_routes
+from weathertweets.web import Router
 
 log = logging.getLogger("weathertweets")
 
-SERVICES = ("gateway", "ingest", "archiver", "counter")
+
+class ServiceFailed(RuntimeError):
+    """A background task died; the process stopped because of it."""
 
 
 class Startable(Protocol):
@@ -49,6 +58,40 @@ async def started(backend: B) -> AsyncIterator[B]:
         yield backend
     finally:
         await backend.close()
+
+
+class Supervisor:
+    """Watches background tasks: the first to die stops everything, and says why."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
+        self.failures: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
+        TASK_FAILURES.labels(task.get_name()).inc()
+        self.failures.append(task.get_name())
+        self._stopping.set()
+
+    async def check(self) -> None:
+        """A readiness check: fails once any task died."""
+        if self.failures:
+            raise BackendUnavailable(f"background task died: {', '.join(self.failures)}")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class _Server(uvicorn.Server):
@@ -91,36 +134,123 @@ async def http_server(app: Any, host: str, port: int) -> AsyncIterator[None]:
         sock.close()
 
 
-@asynccontextmanager
-async def consumer_task(group: str, consumer: Consumer, sink: Sink) -> AsyncIterator[None]:
+@dataclass
+class Context:
+    """What a service's start needs: settings, the opened backends, the process's helpers."""
+
+    settings: Settings
+    stack: AsyncExitStack
+    supervisor: Supervisor
+    announce: Callable[[str], None]
+    alone: bool
+    energy: energy.EnergyModel
+    broker: Broker | None = None
+    store: Store | None = None
+    counters: Counters | None = None
+    checks: dict[str, Check] = field(default_factory=dict)
+    frontend: Callable[[Gateway], Any] | None = None  # another HTTP layer (the bench compares)
+
+    async def serve_ops(self, service: str, port: int, extra: Router | None = None) -> None:
+        """A standalone service's own HTTP port: probes, metrics (and `extra`'s routes)."""
+        router = extra or Router(service, APP_ERRORS)
+        add_ops_routes(router, self.checks)
+        await self.stack.enter_async_context(http_server(router, self.settings.host, port))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    needs: frozenset[str]  # of "broker", "store", "counters"
+    start: Callable[[Context], Awaitable[None]]
+
+
+async def _consumer(ctx: Context, group: str, sink: Sink) -> None:
+    assert ctx.broker is not None
+    consumer = ctx.broker.consumer(group)
     drain = asyncio.Event()
-    task = asyncio.create_task(consume(group, consumer, sink, drain), name=group)
-    try:
-        yield
-    finally:
+    work = consume(group, consumer, sink, drain, ctx.broker.dead_letter)
+    task = ctx.supervisor.spawn(group, work)
+
+    async def stop() -> None:
         drain.set()
-        try:
-            await task
-        finally:
-            await consumer.close()
+        await asyncio.gather(task, return_exceptions=True)  # a failure was logged already
+        await consumer.close()
+
+    ctx.stack.push_async_callback(stop)
 
 
-@asynccontextmanager
-async def ingest_service(broker: Broker, address: str) -> AsyncIterator[None]:
-    server = await start_ingest_server(broker, address)
-    try:
-        yield
-    finally:
-        await server.stop(grace=10)
+async def _start_archiver(ctx: Context) -> None:
+    assert ctx.store is not None
+    await _consumer(ctx, archiver.GROUP, archiver.archive_sink(ctx.store))
+    if ctx.alone:
+        await ctx.serve_ops("archiver", ctx.settings.archiver_port)
+        ctx.announce(
+            f"archiver: metrics on http://{ctx.settings.host}:{ctx.settings.archiver_port}"
+        )
 
 
-@asynccontextmanager
-async def ingest_client(target: str, max_batch: int) -> AsyncIterator[IngestClient]:
-    client = IngestClient(target, max_batch=max_batch)
-    try:
-        yield client
-    finally:
-        await client.close()
+async def _start_counter(ctx: Context) -> None:
+    assert ctx.counters is not None
+    await _consumer(ctx, counter.GROUP, counter.count_sink(ctx.counters))
+    if ctx.alone:  # the original's counter API: `POST /set` on its own port (the gateway too)
+        router = Router("counter", APP_ERRORS)
+        router.add("POST", "/set", counter.set_handler(ctx.counters))
+        await ctx.serve_ops("counter", ctx.settings.counter_port, router)
+        ctx.announce(
+            f"counter: POST /set on http://{ctx.settings.host}:{ctx.settings.counter_port}"
+        )
+
+
+async def _start_ingest(ctx: Context) -> None:
+    assert ctx.broker is not None
+    address = f"{ctx.settings.host}:{ctx.settings.ingest_port}"
+    server = await start_ingest_server(ctx.broker, address)
+    ctx.stack.push_async_callback(server.stop, 10)
+    ctx.announce(f"ingest: gRPC on {address}")
+    if ctx.alone:
+        await ctx.serve_ops("ingest", ctx.settings.ingest_metrics_port)
+
+
+async def _start_gateway(ctx: Context) -> None:
+    assert ctx.store is not None and ctx.counters is not None
+    settings = ctx.settings
+    client = IngestClient(settings.ingest_target, max_batch=settings.max_batch)
+    ctx.stack.push_async_callback(client.close)
+    ctx.checks["ingest"] = client.ping
+    scope = (
+        "this gateway process only; each service exports its own estimate"
+        if ctx.alone
+        else "this process, which runs every service"
+    )
+    live = LiveFeed(ctx.store, ctx.counters, ctx.energy, settings.grid_gco2_per_kwh, scope)
+    history = ctx.supervisor.spawn("live-history", live.keep_history())
+    gateway = Gateway(
+        client,
+        ctx.store,
+        ctx.counters,
+        max_batch=settings.max_batch,
+        live=live,
+        checks=ctx.checks,
+        access_log=settings.access_log,
+    )
+    app = gateway.app if ctx.frontend is None else ctx.frontend(gateway)
+    await ctx.stack.enter_async_context(http_server(app, settings.host, settings.port))
+
+    async def stop_live() -> None:  # runs first: open dashboards let go at once
+        await live.close()
+        history.cancel()
+        await asyncio.gather(history, return_exceptions=True)
+
+    ctx.stack.push_async_callback(stop_live)
+    ctx.announce(f"gateway: http://{settings.host}:{settings.port}")
+
+
+SERVICES: dict[str, Service] = {  # in start order; stopped in reverse
+    "archiver": Service("archiver", frozenset({"broker", "store"}), _start_archiver),
+    "counter": Service("counter", frozenset({"broker", "counters"}), _start_counter),
+    "ingest": Service("ingest", frozenset({"broker"}), _start_ingest),
+    "gateway": Service("gateway", frozenset({"store", "counters"}), _start_gateway),
+}
 
 
 def _install_signal_handlers(stopping: asyncio.Event) -> None:
@@ -137,112 +267,57 @@ def _install_signal_handlers(stopping: asyncio.Event) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+async def _open_backends(ctx: Context, needed: set[str]) -> None:
+    settings = ctx.settings
+    if "broker" in needed:
+        broker = open_broker(
+            settings.broker_url, topic=settings.topic, partitions=settings.partitions
+        )
+        ctx.broker = await ctx.stack.enter_async_context(started(broker))
+        ctx.checks["broker"] = ctx.broker.ping
+    if "store" in needed:
+        store = open_store(settings.store_url, collection=settings.store_collection)
+        ctx.store = await ctx.stack.enter_async_context(started(store))
+        ctx.checks["store"] = ctx.store.ping
+    if "counters" in needed:
+        counters = open_counters(
+            settings.counter_url, prefix=settings.counter_prefix, seed_keys=settings.seed_keys
+        )
+        ctx.counters = await ctx.stack.enter_async_context(started(counters))
+        ctx.checks["counters"] = ctx.counters.ping
+
+
 async def run(
     settings: Settings,
     services: Sequence[str],
     *,
     announce: Callable[[str], None] = print,
     stopping: asyncio.Event | None = None,
+    frontend: Callable[[Gateway], Any] | None = None,
 ) -> None:
-    """Run `services` until SIGINT/SIGTERM (or `stopping` is set), then stop them cleanly."""
+    """Run `services` until SIGINT/SIGTERM (or `stopping` is set), then stop them cleanly.
+
+    Raises ServiceFailed when a background task died (after the orderly stop)."""
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
+    chosen = [SERVICES[name] for name in SERVICES if name in services]
+    label = chosen[0].name if len(chosen) == 1 else "all"
+    tracing.configure(settings.otlp_endpoint, label)
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
-    service_label = services[0] if len(services) == 1 else "all"
-    model = energy.register(service_label, settings.energy_min_watts, settings.energy_max_watts)
-    alone = len(services) == 1
+    supervisor = Supervisor(stopping)
+    model = energy.register(label, settings.energy_min_watts, settings.energy_max_watts)
     async with AsyncExitStack() as stack:
-        broker: Broker | None = None
-        store: Store | None = None
-        counters: Counters | None = None
-        if {"ingest", "archiver", "counter"} & set(services):
-            broker = await stack.enter_async_context(
-                started(
-                    open_broker(
-                        settings.broker_url, topic=settings.topic, partitions=settings.partitions
-                    )
-                )
-            )
-        if {"gateway", "archiver"} & set(services):
-            store = await stack.enter_async_context(
-                started(open_store(settings.store_url, collection=settings.store_collection))
-            )
-        if {"gateway", "counter"} & set(services):
-            counters = await stack.enter_async_context(
-                started(
-                    open_counters(
-                        settings.counter_url,
-                        prefix=settings.counter_prefix,
-                        seed_keys=settings.seed_keys,
-                    )
-                )
-            )
-
-        if "archiver" in services:
-            assert broker is not None and store is not None
-            consumer = broker.consumer(archiver.GROUP)
-            sink = archiver.archive_sink(store)
-            await stack.enter_async_context(consumer_task(archiver.GROUP, consumer, sink))
-            if alone:
-                checks: dict[str, Check] = {"broker": broker.ping, "store": store.ping}
-                app = ops_router("archiver", checks)
-                await stack.enter_async_context(
-                    http_server(app, settings.host, settings.archiver_port)
-                )
-                announce(
-                    f"archiver: metrics on http://{settings.host}:{settings.archiver_port}/metrics"
-                )
-
-        if "counter" in services:
-            assert broker is not None and counters is not None
-            consumer = broker.consumer(counter.GROUP)
-            await stack.enter_async_context(
-                consumer_task(counter.GROUP, consumer, counter.count_sink(counters))
-            )
-            if alone:  # the original's counter API: `POST /set` on its own port (the gateway too)
-                app = ops_router("counter", {"broker": broker.ping, "counters": counters.ping})
-                app.add("POST", "/set", counter.set_handler(counters))
-                await stack.enter_async_context(
-                    http_server(app, settings.host, settings.counter_port)
-                )
-                announce(f"counter: POST /set on http://{settings.host}:{settings.counter_port}")
-
-        if "ingest" in services:
-            assert broker is not None
-            address = f"{settings.host}:{settings.ingest_port}"
-            await stack.enter_async_context(ingest_service(broker, address))
-            announce(f"ingest: gRPC on {address}")
-            if alone:
-                app = ops_router("ingest", {"broker": broker.ping})
-                port = settings.ingest_metrics_port
-                await stack.enter_async_context(http_server(app, settings.host, port))
-
-        if "gateway" in services:
-            assert store is not None and counters is not None
-            client = await stack.enter_async_context(
-                ingest_client(settings.ingest_target, settings.max_batch)
-            )
-            scope = (
-                "this gateway process only; each service exports its own estimate"
-                if alone
-                else "this process, which runs every service"
-            )
-            live = LiveFeed(store, counters, model, settings.grid_gco2_per_kwh, scope)
-            gateway = Gateway(
-                client,
-                store,
-                counters,
-                max_batch=settings.max_batch,
-                live=live,
-            )
-            await stack.enter_async_context(
-                http_server(gateway.router, settings.host, settings.port)
-            )
-            stack.push_async_callback(live.close)  # runs first: open dashboards let go at once
-            announce(f"gateway: http://{settings.host}:{settings.port}")
-
-        announce(f"ready: {', '.join(s for s in SERVICES if s in services)} (Ctrl-C stops)")
+        stack.push_async_callback(supervisor.stop)
+        ctx = Context(settings, stack, supervisor, announce, len(chosen) == 1, model)
+        ctx.frontend = frontend
+        ctx.checks["tasks"] = supervisor.check
+        await _open_backends(ctx, set().union(*(s.needs for s in chosen)))
+        for service in chosen:
+            await service.start(ctx)
+        announce(f"ready: {', '.join(s.name for s in chosen)} (Ctrl-C stops)")
         await stopping.wait()
+    if supervisor.failures:
+        raise ServiceFailed(f"stopped because {', '.join(supervisor.failures)} died")
     announce("stopped cleanly")

@@ -1,22 +1,21 @@
 """A small ASGI toolkit for the hot path: exact-match routing, bounded bodies, JSON errors.
 
 The POST path pays for no framework: one dict lookup to route, one msgspec call to decode.
+The toolkit knows nothing of the application: exceptions become responses through a registry
+keyed by exception class (`Router(..., errors={...})`), and metrics and logs wrap it as
+middleware (`weathertweets.middleware`), reading the route template it leaves in the scope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import msgspec
-
-from weathertweets.domain import InvalidTweet
-from weathertweets.metrics import HTTP_REQUESTS, REJECTED
-from weathertweets.ports import BackendUnavailable
 
 log = logging.getLogger("weathertweets.http")
 
@@ -122,15 +121,36 @@ def too_large(limit: int) -> HTTPError:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+ErrorHandler = Callable[[Any], Response]
 
 
 class Router:
-    """Exact routes `(method, path)` plus prefix routes whose rest of path is one parameter."""
+    """Exact routes `(method, path)` plus prefix routes whose rest of path is one parameter.
 
-    def __init__(self, service: str) -> None:
+    `errors` maps exception classes to the response they become (the nearest class in the
+    exception's MRO wins); HTTPError needs no entry, anything unmapped is a logged 500.
+    """
+
+    def __init__(
+        self, service: str, errors: Mapping[type[Exception], ErrorHandler] | None = None
+    ) -> None:
         self.service = service
         self._exact: dict[tuple[str, str], Handler] = {}
         self._prefixed: list[tuple[str, str, str, Handler]] = []
+        self._errors: dict[type[Exception], ErrorHandler] = dict(errors or {})
+
+    def on_error(self, kind: type[Exception], handler: ErrorHandler) -> None:
+        self._errors[kind] = handler
+
+    def _error_response(self, error: Exception, request: Request) -> Response:
+        if isinstance(error, HTTPError):
+            return error.response()
+        for kind in type(error).__mro__:
+            handler = self._errors.get(kind)
+            if handler is not None:
+                return handler(error)
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        return HTTPError(500, "internal", "internal error; see the server log").response()
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         if path.endswith("}"):
@@ -138,6 +158,15 @@ class Router:
             self._prefixed.append((method, prefix, name, handler))
         else:
             self._exact[(method, path)] = handler
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """(method, path, handler); a prefix route's path ends in its `{parameter}`."""
+        exact = [(method, path, handler) for (method, path), handler in self._exact.items()]
+        prefixed = [(m, prefix + "{" + name + "}", h) for m, prefix, name, h in self._prefixed]
+        return exact + prefixed
+
+    def error_response(self, error: Exception, request: Request) -> Response:
+        return self._error_response(error, request)
 
     def paths(self) -> set[str]:
         return {path for _, path in self._exact} | {p for _, p, _, _ in self._prefixed}
@@ -159,22 +188,12 @@ class Router:
         if scope["type"] != "http":
             return  # lifespan is driven by our own runtime
         request = Request(scope, receive, scope["path"])
-        route = "unmatched"
+        scope["route"] = "unmatched"
         try:
-            route, handler = self._match(request)
+            scope["route"], handler = self._match(request)
             response = await handler(request)
-        except HTTPError as error:
-            response = error.response()
-        except InvalidTweet as error:
-            response = HTTPError(422, "invalid", error.message, error.field).response()
-        except BackendUnavailable as error:
-            response = unavailable(str(error)).response()
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            response = HTTPError(500, "internal", "internal error; see the server log").response()
-        HTTP_REQUESTS.labels(self.service, route, str(response.status)).inc()
-        if response.status >= 400 and request.method == "POST":
-            REJECTED.labels(_reason(response.status)).inc()
+        except Exception as error:
+            response = self._error_response(error, request)
         if response.stream is not None:
             await _stream(response, receive, send)
             return
@@ -212,11 +231,6 @@ async def _stream(response: Response, receive: Receive, send: Send) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     if tasks[0] in done and tasks[0].exception() is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _reason(status: int) -> str:
-    reasons = {400: "malformed", 413: "too_large", 415: "media_type", 422: "invalid", 429: "rate"}
-    return reasons.get(status, "unavailable" if status == 503 else str(status))
 
 
 def unavailable(reason: str, retry_after: int = 1) -> HTTPError:

@@ -234,6 +234,7 @@ down() {
     rm -f "$RUN/$name.pid"
     say "stopped $name (pid $pid)"
   done
+  rm -f "$ENV_FILE" # nothing listens there any more: tests must not think otherwise
   status
 }
 

@@ -1,9 +1,11 @@
 """Apache Kafka broker via confluent-kafka (librdkafka), bridged to asyncio with threads.
 
 `kafka://host:9092[,host2:9092][?librdkafka.option=value&...]`. The producer is idempotent with
-acks=all; `publish` returns once every record of the call is acknowledged by the cluster. Each
-consumer runs its (not thread-safe) librdkafka handle on one thread of its own, commits
-explicitly, and starts from the earliest record when its group has no position yet.
+acks=all; `publish` returns once every record of the call is acknowledged by the cluster; keys
+and headers travel with the records. Each consumer runs its (not thread-safe) librdkafka handle
+on one thread of its own, commits explicitly, and starts from the earliest record when its
+group has no position yet. Dead letters go to `<topic>.dlq` with the group, the reason and the
+source position in their headers. librdkafka's logs and errors go to Python logging.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from weathertweets.ports import BackendUnavailable, Message
+from weathertweets.ports import BackendUnavailable, Message, Record
 
 log = logging.getLogger("weathertweets.kafka")
 R = TypeVar("R")
@@ -81,57 +83,99 @@ class _Thread:
         self._executor.shutdown(wait=True)
 
 
+def _client_logging(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """librdkafka's log lines and errors, into Python logging."""
+    logger = logging.getLogger(f"weathertweets.kafka.{name}")
+
+    def on_error(error: KafkaError) -> None:
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        logger.log(level, "%s", error)
+
+    return {**config, "logger": logger, "error_cb": on_error}
+
+
 class KafkaBroker:
+    """The producer is made on first publish, so a consuming-only service never opens one."""
+
     def __init__(self, url: str, topic: str = "messages", partitions: int = 3) -> None:
         self._config = parse_url(url)
         self.topic = topic
+        self.dead_letter_topic = f"{topic}.dlq"
         self._partitions = partitions
+        self._admin: AdminClient | None = None
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._closing = threading.Event()
         self._admin_thread = _Thread("kafka-admin")
+        self._topics_made: set[str] = set()
 
     async def start(self) -> None:
-        await self._admin_thread.run(self._ensure_topic)
-        self._producer = Producer({**self._config, **PRODUCER_DEFAULTS})
-        self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
-        self._poller.start()
+        self._admin = AdminClient(_client_logging(self._config, "admin"))
+        await self._admin_thread.run(lambda: self._ensure_topic(self.topic, self._partitions))
 
-    def _ensure_topic(self) -> None:
-        admin = AdminClient(self._config)
+    def _ensure_topic(self, topic: str, partitions: int) -> None:
+        assert self._admin is not None
         try:
-            existing = admin.list_topics(timeout=10).topics
+            existing = self._admin.list_topics(timeout=10).topics
         except KafkaException as error:
             raise BackendUnavailable(
                 f"Kafka at {self._config['bootstrap.servers']}: {error}"
             ) from error
-        if self.topic in existing:
-            return
-        new = NewTopic(self.topic, num_partitions=self._partitions, replication_factor=-1)
-        for future in admin.create_topics([new], operation_timeout=30).values():
-            try:
-                future.result()
-                log.info("created topic %s with %d partitions", self.topic, self._partitions)
-            except KafkaException as error:
-                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise BackendUnavailable(
-                        f"cannot create topic {self.topic}: {error}"
-                    ) from error
+        if topic not in existing:
+            new = NewTopic(topic, num_partitions=partitions, replication_factor=-1)
+            for future in self._admin.create_topics([new], operation_timeout=30).values():
+                try:
+                    future.result()
+                    log.info("created topic %s with %d partitions", topic, partitions)
+                except KafkaException as error:
+                    if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise BackendUnavailable(f"cannot create topic {topic}: {error}") from error
+        self._topics_made.add(topic)
+
+    def _producing(self) -> Producer:
+        if self._producer is None:
+            settings = _client_logging({**self._config, **PRODUCER_DEFAULTS}, "producer")
+            self._producer = Producer(settings)
+            self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
+            self._poller.start()
+        return self._producer
 
     def _poll(self) -> None:
         assert self._producer is not None
         while not self._closing.is_set():
             self._producer.poll(0.1)  # runs the delivery callbacks
 
-    async def publish(self, values: Sequence[bytes]) -> None:
-        if self._producer is None:
-            raise BackendUnavailable("the Kafka producer is not started")
-        if not values:
+    async def publish(self, records: Sequence[Record]) -> None:
+        await self._publish(self.topic, records)
+
+    async def dead_letter(self, group: str, messages: Sequence[Message], reason: str) -> None:
+        topic = self.dead_letter_topic
+        if topic not in self._topics_made:
+            await self._admin_thread.run(lambda: self._ensure_topic(topic, 1))
+        records = [
+            Record(
+                m.value,
+                headers=(
+                    *m.headers,
+                    ("wt-group", group.encode()),
+                    ("wt-reason", reason.encode()),
+                    ("wt-source", m.position.encode()),
+                ),
+            )
+            for m in messages
+        ]
+        await self._publish(topic, records)
+
+    async def _publish(self, topic: str, records: Sequence[Record]) -> None:
+        if self._closing.is_set():
+            raise BackendUnavailable("the Kafka producer is closed")
+        if not records:
             return
+        producer = self._producing()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         lock = threading.Lock()
-        remaining = len(values)
+        remaining = len(records)
         failures: list[str] = []
 
         def settle() -> None:
@@ -155,31 +199,36 @@ class KafkaBroker:
         def delivered(error: KafkaError | None, _: object) -> None:  # on the poller thread
             account(1, None if error is None else str(error))
 
-        for index, value in enumerate(values):
-            if not await self._produce(value, delivered):
-                account(len(values) - index, "the local producer queue stayed full")
+        for index, record in enumerate(records):
+            if not await self._produce(producer, topic, record, delivered):
+                account(len(records) - index, "the local producer queue stayed full")
                 break
         await done
 
-    async def _produce(self, value: bytes, delivered: Callable[[Any, Any], None]) -> bool:
-        assert self._producer is not None
+    @staticmethod
+    async def _produce(
+        producer: Producer, topic: str, record: Record, delivered: Callable[[Any, Any], None]
+    ) -> bool:
+        headers: list[tuple[str, str | bytes | None]] | None = list(record.headers) or None
         for _ in range(200):  # the queue drains as the cluster acknowledges: wait up to ~2 s
             try:
-                self._producer.produce(self.topic, value, on_delivery=delivered)
+                producer.produce(
+                    topic, record.value, record.key, on_delivery=delivered, headers=headers
+                )
                 return True
             except BufferError:
                 await asyncio.sleep(0.01)
         return False
 
     def consumer(self, group: str) -> KafkaConsumer:
-        return KafkaConsumer(self._config, self.topic, group)
+        return KafkaConsumer(_client_logging(self._config, group), self.topic, group)
 
     async def ping(self) -> None:
-        producer = self._producer
-        if producer is None:
-            raise BackendUnavailable("the Kafka producer is not started")
+        admin = self._admin
+        if admin is None:
+            raise BackendUnavailable("the Kafka client is not started")
         try:
-            await self._admin_thread.run(lambda: producer.list_topics(self.topic, timeout=3))
+            await self._admin_thread.run(lambda: admin.list_topics(self.topic, timeout=3))
         except KafkaException as error:
             raise BackendUnavailable(f"Kafka: {error}") from error
 
@@ -195,6 +244,11 @@ class KafkaBroker:
         self._admin_thread.shutdown()
 
 
+def _header(pair: Any) -> tuple[str, bytes]:
+    name, value = pair[0], pair[1]
+    return str(name), value.encode() if isinstance(value, str) else (value or b"")
+
+
 class KafkaConsumer:
     def __init__(self, config: dict[str, Any], topic: str, group: str) -> None:
         self._topic = topic
@@ -205,21 +259,25 @@ class KafkaConsumer:
         self._consumer.subscribe([topic])
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
-        records = await self._thread.run(lambda: self._consumer.consume(max_records, timeout))
+        try:
+            records = await self._thread.run(lambda: self._consumer.consume(max_records, timeout))
+        except KafkaException as error:
+            raise BackendUnavailable(f"Kafka consumer: {error}") from error
         messages = []
         for record in records:
-            error = record.error()
-            if error is not None:
-                if error.fatal():
-                    raise BackendUnavailable(f"Kafka consumer: {error}")
-                log.warning("%s: %s", self._group, error)
+            problem = record.error()
+            if problem is not None:
+                if problem.fatal():
+                    raise BackendUnavailable(f"Kafka consumer: {problem}")
+                log.warning("%s: %s", self._group, problem)
                 continue
             partition, offset, value = record.partition(), record.offset(), record.value()
             if partition is None or offset is None or value is None:
                 continue  # not a data record (an empty value is never ours)
             kind, stamp = record.timestamp()
             timestamp_ms = stamp if kind != TIMESTAMP_NOT_AVAILABLE else None
-            messages.append(Message(partition, offset, value, self._topic, timestamp_ms))
+            headers = tuple(_header(pair) for pair in record.headers() or ())
+            messages.append(Message(partition, offset, value, self._topic, timestamp_ms, headers))
         return messages
 
     async def commit(self, messages: Sequence[Message]) -> None:
@@ -252,7 +310,10 @@ class KafkaConsumer:
                 total += max(0, high - position)
             return total
 
-        return await self._thread.run(measure)
+        try:
+            return await self._thread.run(measure)
+        except KafkaException as error:
+            raise BackendUnavailable(f"Kafka lag: {error}") from error
 
     async def close(self) -> None:
         await self._thread.run(self._consumer.close)

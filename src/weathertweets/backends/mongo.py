@@ -16,9 +16,11 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from weathertweets.domain import Tweet
-from weathertweets.ports import ArchivedTweet, BackendUnavailable
+from weathertweets.ports import ArchivedTweet, BackendUnavailable, SinkRejected
 
 DUPLICATE_KEY = 11000
+# Write errors that say "not now" rather than "never" (shutdown, failover, write conflicts).
+TRANSIENT_CODES = {91, 189, 10107, 11600, 11602, 13435, 13436, 112}
 
 
 class MongoStore:
@@ -53,9 +55,14 @@ class MongoStore:
         try:
             await self._collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise BackendUnavailable(f"MongoDB write concern: {error}") from error
             others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
-            if others or error.details.get("writeConcernErrors"):
-                raise BackendUnavailable(f"MongoDB refused documents: {others[:1]}") from error
+            if any(e["code"] in TRANSIENT_CODES for e in others):
+                raise BackendUnavailable(f"MongoDB: {others[0]['errmsg']}") from error
+            if others:  # these documents will never be accepted: the rest are stored
+                first = others[0].get("errmsg", others[0]["code"])
+                raise SinkRejected(f"MongoDB: {first}", [e["index"] for e in others]) from error
         except PyMongoError as error:
             raise BackendUnavailable(f"MongoDB: {error}") from error
 

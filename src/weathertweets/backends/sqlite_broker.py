@@ -1,7 +1,8 @@
 """The embedded broker: a durable append-only log in SQLite with consumer-group positions.
 
-One partition (0); offsets are the log's row ids. Several processes may share the file (WAL);
-consumers in the publishing process are woken at once, others poll.
+One partition (0); offsets are the log's row ids; each row keeps the record's key and headers.
+Several processes may share the file (WAL); consumers in the publishing process are woken at
+once, others poll. Records a group gives up on go to the `dead_letters` table.
 """
 
 from __future__ import annotations
@@ -9,17 +10,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 from weathertweets.backends.sqlite import SqliteThread, transaction
 from weathertweets.batching import Batcher
-from weathertweets.ports import Message
+from weathertweets.ports import Headers, Message, Record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS positions (grp TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
+CREATE TABLE IF NOT EXISTS positions (grp TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    grp TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    value BLOB NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition, offset)
+)
 """
+# Columns added after the first release; a log file from before gets them on open.
+LOG_COLUMNS = {"key": "BLOB", "headers": "BLOB"}
+_headers_codec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def _pack(headers: Headers) -> bytes | None:
+    return _headers_codec[0].encode(list(headers)) if headers else None
+
+
+def _unpack(raw: bytes | None) -> Headers:
+    return tuple(_headers_codec[1].decode(raw)) if raw else ()
+
+
 PARTITION = 0
 _IDLE_POLL = 0.05  # seconds between looks at the file when another process publishes
 
@@ -33,19 +55,39 @@ class SqliteBroker:
         self._listeners: set[asyncio.Event] = set()
 
     async def start(self) -> None:
-        await self._writer.open()
+        def migrate(conn: sqlite3.Connection) -> None:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(log)")}
+            for column, kind in LOG_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE log ADD COLUMN {column} {kind}")
 
-    async def publish(self, values: Sequence[bytes]) -> None:
-        await self._appender.submit(values)
+        await self._writer.run(migrate)
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        await self._appender.submit(records)
         for listener in self._listeners:
             listener.set()
 
-    async def _append(self, values: list[bytes]) -> None:
+    async def _append(self, records: list[Record]) -> None:
+        rows = [(r.value, r.key, _pack(r.headers)) for r in records]
+
         def append(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                conn.executemany("INSERT INTO log (value) VALUES (?)", ((v,) for v in values))
+                conn.executemany("INSERT INTO log (value, key, headers) VALUES (?, ?, ?)", rows)
 
         await self._writer.run(append)
+
+    async def dead_letter(self, group: str, messages: Sequence[Message], reason: str) -> None:
+        at_us = time.time_ns() // 1000
+        rows = [(group, m.partition, m.offset, m.value, reason, at_us) for m in messages]
+
+        def keep(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.executemany(
+                    "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+
+        await self._writer.run(keep)
 
     def consumer(self, group: str) -> SqliteConsumer:
         return SqliteConsumer(self._path, group, self._writer, self._listeners, self.topic)
@@ -94,12 +136,15 @@ class SqliteConsumer:
         if self._next_offset is None:
             self._next_offset = self._committed(conn)
         rows = conn.execute(
-            "SELECT offset, value FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
+            "SELECT offset, value, headers FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
             (self._next_offset, max_records),
         ).fetchall()
         if rows:
             self._next_offset = rows[-1][0] + 1
-        return [Message(PARTITION, offset, value, self._topic) for offset, value in rows]
+        return [
+            Message(PARTITION, offset, value, self._topic, headers=_unpack(headers))
+            for offset, value, headers in rows
+        ]
 
     def _committed(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT next_offset FROM positions WHERE grp = ?", (self._group,))

@@ -2,49 +2,62 @@
 
 Poll a batch, hand it to the sink until the sink has it, then commit: a crash anywhere replays
 the batch, and the sinks make a replay harmless (idempotent archive, offset-checked counters).
+
+Failure policy, by type:
+- `BackendUnavailable` (a backend down or slow): back off and retry, for as long as it lasts;
+- a record that is not a tweet, or that a sink refuses for good (`SinkRejected`): sent to the
+  broker's dead-letter destination with the reason, counted, and the batch goes on;
+- anything else is a bug: it propagates, the supervisor marks the process unready and stops it
+  with a non-zero exit, where an orchestrator restarts it. Nothing is retried forever silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 
 import msgspec
 
+from weathertweets import tracing
 from weathertweets.domain import InvalidTweet, Tweet, decode_any_record
-from weathertweets.metrics import BATCH_SIZE, E2E_LATENCY, LAG, POISON, PROCESSED
-from weathertweets.ports import Consumer, Message
+from weathertweets.metrics import BATCH_SIZE, DEAD_LETTERS, E2E_LATENCY, LAG, POISON, PROCESSED
+from weathertweets.ports import BackendUnavailable, Consumer, Message, SinkRejected
 
 log = logging.getLogger("weathertweets.consumer")
 
 Sink = Callable[[list[tuple[Message, Tweet]]], Awaitable[None]]
+DeadLetter = Callable[[str, Sequence[Message], str], Awaitable[None]]
 
 
-def decode_batch(group: str, messages: Sequence[Message]) -> list[tuple[Message, Tweet]]:
-    decoded = []
+def decode_batch(
+    group: str, messages: Sequence[Message]
+) -> tuple[list[tuple[Message, Tweet]], list[tuple[Message, str]]]:
+    """(tweets, records that are not tweets with the reason)."""
+    decoded, poison = [], []
     for message in messages:
         try:
             tweet = decode_any_record(message.value, message.position, message.timestamp_ms)
             decoded.append((message, tweet))
         except (msgspec.DecodeError, InvalidTweet, UnicodeDecodeError) as error:
             POISON.labels(group).inc()
-            log.error(
-                "%s: skipping record %d/%d: %s", group, message.partition, message.offset, error
-            )
-    return decoded
+            log.error("%s: record %s is not a tweet: %s", group, message.position, error)
+            poison.append((message, f"not a tweet: {error}"))
+    return decoded, poison
 
 
 async def _retry(what: str, action: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
-    """Run `action` until it succeeds (True) or a stop is requested while it keeps failing."""
+    """Run `action` until it succeeds (True), retrying only while a backend is unavailable;
+    False when a stop is requested while it keeps failing. Other errors propagate."""
     delay = 0.1
     while True:
         try:
             await action()
             return True
-        except Exception as error:
+        except BackendUnavailable as error:
             log.warning("%s failed (%s); retrying in %.1fs", what, error, delay)
         if stopping.is_set():
             return False
@@ -52,11 +65,62 @@ async def _retry(what: str, action: Callable[[], Awaitable[None]], stopping: asy
         delay = min(delay * 2, 5.0)
 
 
+@contextlib.contextmanager
+def _spans(group: str, batch: list[tuple[Message, Tweet]]) -> Iterator[None]:
+    """With tracing on, one span per record, child of the context its headers carry."""
+    if not tracing.enabled():
+        yield
+        return
+    with contextlib.ExitStack() as spans:
+        for message, tweet in batch:
+            spans.enter_context(
+                tracing.span(
+                    f"{group} {message.topic}",
+                    group,
+                    parent=message.headers,
+                    kind="consumer",
+                    tweet_id=tweet.id,
+                    position=message.position,
+                )
+            )
+        yield
+
+
+async def _deliver(
+    group: str,
+    sink: Sink,
+    batch: list[tuple[Message, Tweet]],
+    dead_letter: DeadLetter,
+    stopping: asyncio.Event,
+) -> bool:
+    """Hand `batch` to the sink until it has it; records it refuses for good are dead-lettered."""
+    remaining = batch
+    while remaining:
+        try:
+            with _spans(group, remaining):
+                done = await _retry(f"{group} sink", partial(sink, remaining), stopping)
+            return done
+        except SinkRejected as rejected:
+            refused = [remaining[i][0] for i in rejected.indexes]
+            for message in refused:
+                log.error("%s: sink refused record %s: %s", group, message.position, rejected)
+            reason = f"refused by the sink: {rejected}"
+            if not await _retry(
+                f"{group} dead letter", partial(dead_letter, group, refused, reason), stopping
+            ):
+                return False
+            DEAD_LETTERS.labels(group).inc(len(refused))
+            gone = set(rejected.indexes)
+            remaining = [item for i, item in enumerate(remaining) if i not in gone]
+    return True
+
+
 async def consume(
     group: str,
     consumer: Consumer,
     sink: Sink,
     stopping: asyncio.Event,
+    dead_letter: DeadLetter,
     *,
     max_records: int = 5000,
     drain_timeout: float = 10.0,
@@ -71,13 +135,18 @@ async def consume(
             return
         try:
             messages = await consumer.poll(max_records, timeout=0.25)
-        except Exception as error:
+        except BackendUnavailable as error:
             log.warning("%s: poll failed (%s)", group, error)
             await asyncio.sleep(0.5)
             continue
         if messages:
-            batch = decode_batch(group, messages)
-            if not await _retry(f"{group} sink", partial(sink, batch), stopping):
+            batch, poison = decode_batch(group, messages)
+            for message, reason in poison:
+                letter = partial(dead_letter, group, [message], reason)
+                if not await _retry(f"{group} dead letter", letter, stopping):
+                    return
+                DEAD_LETTERS.labels(group).inc()
+            if not await _deliver(group, sink, batch, dead_letter, stopping):
                 return  # not committed: these records come back on the next start
             if not await _retry(f"{group} commit", partial(consumer.commit, messages), stopping):
                 return
@@ -88,7 +157,7 @@ async def consume(
             next_lag_check = time.monotonic() + 1.0
             try:
                 LAG.labels(group).set(await consumer.lag())
-            except Exception as error:
+            except BackendUnavailable as error:
                 log.debug("%s: lag unknown (%s)", group, error)
 
 

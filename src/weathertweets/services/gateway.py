@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from weathertweets import __version__
+from weathertweets import __version__, schemas, tracing
 from weathertweets.domain import InvalidTweet, Tweet, make_tweet, parse_fields, utcnow
 from weathertweets.forms import FORM_TYPES, parse_form
-from weathertweets.metrics import ACCEPTED, BATCH_SIZE
+from weathertweets.logs import TWEET_ID
+from weathertweets.metrics import ACCEPTED, BATCH_SIZE, REJECTED
+from weathertweets.middleware import Observed
 from weathertweets.openapi import docs_page, openapi_spec
 from weathertweets.ports import Counters, Store
 from weathertweets.services.assets import load_assets, wants_html
 from weathertweets.services.counter import set_handler
+from weathertweets.services.errors import APP_ERRORS, REJECTION_REASONS
 from weathertweets.services.live import LiveFeed
-from weathertweets.services.ops import add_ops_routes
-from weathertweets.weather import dominant
-from weathertweets.web import HTTPError, Request, Response, Router, parse_json
+from weathertweets.services.ops import Check, add_ops_routes
+from weathertweets.web import HTTPError, Request, Response, Router, Scope, parse_json
 
 SINGLE_BODY_LIMIT = 64 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
@@ -26,12 +28,25 @@ NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson
 # The course's path, the original's two, and the same with a trailing slash: the original's
 # Locust file, given the host `http://<ingress>/insert`, posts to `/insert/`.
 TWEET_PATHS = ("/input", "/input/", "/", "/insert", "/insert/")
+WRITE_PATHS = frozenset({*TWEET_PATHS, "/api/v1/tweets", "/set"})
 # Routes only the cluster reaches (probes, Prometheus); everything else goes through the ingress.
 INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+def count_rejection(scope: Scope, status: int) -> None:
+    """`weathertweets_tweets_rejected_total{reason}`: refused writes, not failed reads."""
+    if status >= 400 and scope["method"] == "POST" and scope.get("route") in WRITE_PATHS:
+        REJECTED.labels(REJECTION_REASONS.get(status, str(status))).inc()
+
+
+def _headers(request: Request) -> list[tuple[str, bytes]]:
+    return [(bytes(k).decode("latin-1"), bytes(v)) for k, v in request.scope["headers"]]
+
+
 class Publisher(Protocol):
-    async def publish(self, tweets: Sequence[Tweet]) -> None: ...
+    async def publish(
+        self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
+    ) -> None: ...
 
     async def ping(self) -> None: ...
 
@@ -66,12 +81,17 @@ class Gateway:
         *,
         max_batch: int = 10_000,
         live: LiveFeed | None = None,
+        access_log: bool = True,
+        checks: Mapping[str, Check] | None = None,
     ) -> None:
         self._ingest, self._store, self._counters = ingest, store, counters
         self._live = live
         self._assets = load_assets()
         self._max_batch = max_batch
-        self.router = Router("gateway")
+        self.router = Router("gateway", APP_ERRORS)
+        self.app = Observed(
+            self.router, "gateway", access_log=access_log, on_response=count_rejection
+        )
         for path in TWEET_PATHS:
             self.router.add("POST", path, self.post_tweet)
             self.router.add("GET", path, self.index)  # the original's Locust also GETs them
@@ -87,10 +107,18 @@ class Gateway:
         self.router.add("GET", "/api/v1/dashboard", self.live_snapshot)
         self.router.add("GET", "/openapi.json", self.openapi)
         self.router.add("GET", "/docs", self.docs)
-        checks = {"ingest": ingest.ping, "store": store.ping, "counters": counters.ping}
-        add_ops_routes(self.router, checks)
+        default_checks = {"ingest": ingest.ping, "store": store.ping, "counters": counters.ping}
+        add_ops_routes(self.router, default_checks if checks is None else checks)
 
     async def post_tweet(self, request: Request) -> Response:
+        if tracing.enabled():
+            with tracing.span(
+                f"POST {request.path}", "gateway", parent=_headers(request), kind="server"
+            ):
+                return await self._post_tweet(request)
+        return await self._post_tweet(request)
+
+    async def _post_tweet(self, request: Request) -> Response:
         media = _require_json(request, FORM_TYPES)
         body = await request.body(SINGLE_BODY_LIMIT)
         if media in FORM_TYPES:
@@ -99,11 +127,23 @@ class Gateway:
             fields = parse_json(body)
         texto, pais = parse_fields(fields)
         tweet = make_tweet(texto, pais)
-        await self._ingest.publish([tweet])
+        TWEET_ID.set(tweet.id)
+        if tracing.enabled():
+            await self._ingest.publish([tweet], [tracing.current_headers()])
+        else:
+            await self._ingest.publish([tweet])
         ACCEPTED.inc()
-        return Response.json({"id": tweet.id}, 202)
+        return Response.json(schemas.Accepted(id=tweet.id), 202)
 
     async def post_batch(self, request: Request) -> Response:
+        if tracing.enabled():
+            with tracing.span(
+                "POST /api/v1/tweets", "gateway", parent=_headers(request), kind="server"
+            ):
+                return await self._post_batch(request)
+        return await self._post_batch(request)
+
+    async def _post_batch(self, request: Request) -> Response:
         media = _require_json(request, NDJSON_TYPES)
         body = await request.body(BATCH_BODY_LIMIT)
         records = self._ndjson(body) if media in NDJSON_TYPES else parse_json(body)
@@ -123,10 +163,13 @@ class Gateway:
             except InvalidTweet as error:
                 raise error.at(index) from error
             tweets.append(make_tweet(texto, pais, received_at))
-        await self._ingest.publish(tweets)
+        if tracing.enabled():
+            await self._ingest.publish(tweets, [tracing.current_headers()] * len(tweets))
+        else:
+            await self._ingest.publish(tweets)
         ACCEPTED.inc(len(tweets))
         BATCH_SIZE.labels("gateway").observe(len(tweets))
-        return Response.json({"accepted": len(tweets)}, 202)
+        return Response.json(schemas.BatchAccepted(accepted=len(tweets)), 202)
 
     @staticmethod
     def _ndjson(body: bytes) -> list[Any]:
@@ -145,13 +188,13 @@ class Gateway:
         top = _int_query(request, "top", 10, 1, 1000)
         stats, archived = await asyncio.gather(self._counters.stats(top), self._store.count())
         return Response.json(
-            {
-                "total": stats.total,
-                "archived": archived,
-                "countries": stats.countries,
-                "top_texts": [{"texto": t, "count": n} for t, n in stats.top_texts],
-                "conditions": stats.conditions,
-            }
+            schemas.Stats(
+                total=stats.total,
+                archived=archived,
+                countries=stats.countries,
+                top_texts=schemas.text_counts(stats.top_texts),
+                conditions=stats.conditions,
+            )
         )
 
     async def conditions(self, _: Request) -> Response:
@@ -161,24 +204,19 @@ class Gateway:
             for condition, n in counts.items():
                 totals[condition] = totals.get(condition, 0) + n
         return Response.json(
-            {
-                "conditions": dict(sorted(totals.items(), key=lambda cn: (-cn[1], cn[0]))),
-                "countries": {
-                    pais: {"dominant": dominant(counts), "counts": counts}
-                    for pais, counts in per_country.items()
-                },
-            }
+            schemas.Conditions(
+                conditions=dict(sorted(totals.items(), key=lambda cn: (-cn[1], cn[0]))),
+                countries=schemas.weather_by_country(per_country),
+            )
         )
 
     async def country(self, request: Request) -> Response:
         pais = _country_name(request.path_params["pais"])
         texts = await self._counters.country(pais)
         return Response.json(
-            {
-                "pais": pais,
-                "total": sum(texts.values()),
-                "texts": [{"texto": t, "count": n} for t, n in texts.items()],
-            }
+            schemas.CountryTexts(
+                pais=pais, total=sum(texts.values()), texts=schemas.text_counts(texts)
+            )
         )
 
     async def recent(self, request: Request) -> Response:
@@ -186,33 +224,20 @@ class Gateway:
         raw_pais = request.query("pais")
         pais = _country_name(raw_pais) if raw_pais else None
         docs = await self._store.recent(pais, limit)
-        return Response.json(
-            {
-                "tweets": [
-                    {
-                        "id": d.tweet.id,
-                        "texto": d.tweet.texto,
-                        "pais": d.tweet.pais,
-                        "received_at": d.tweet.received_at,
-                        "archived_at": d.archived_at,
-                    }
-                    for d in docs
-                ]
-            }
-        )
+        return Response.json(schemas.RecentTweets(tweets=[schemas.recent_tweet(d) for d in docs]))
 
     async def index(self, request: Request) -> Response:
         if wants_html(request):
             return await self.dashboard(request)
         return Response.json(
-            {
-                "service": "weathertweets",
-                "version": __version__,
-                "post": "/input",
-                "stats": "/api/v1/stats",
-                "docs": "/docs",
-                "dashboard": "/dashboard",
-            }
+            schemas.ServiceIndex(
+                service="weathertweets",
+                version=__version__,
+                post="/input",
+                stats="/api/v1/stats",
+                docs="/docs",
+                dashboard="/dashboard",
+            )
         )
 
     async def dashboard(self, _: Request) -> Response:

@@ -6,10 +6,16 @@ Serves `weathertweets.v1.TweetIngest` and the seed's `confproto.getInfo/returnIn
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
+from weathertweets import tracing
 from weathertweets.domain import (
     MAX_PAIS,
     MAX_TEXTO,
@@ -20,8 +26,9 @@ from weathertweets.domain import (
     utcnow,
 )
 from weathertweets.ids import new_id
-from weathertweets.metrics import BATCH_SIZE, PUBLISHED
-from weathertweets.ports import BackendUnavailable, Broker
+from weathertweets.logs import REQUEST_ID
+from weathertweets.metrics import BATCH_SIZE, GRPC_DURATION, GRPC_HANDLED, PUBLISHED
+from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger("weathertweets.ingest")
@@ -40,9 +47,11 @@ SERVER_OPTIONS = [
 ]
 
 
-def to_pb(tweet: Tweet) -> ingest_pb2.Tweet:
+def to_pb(tweet: Tweet, headers: Mapping[str, str] | None = None) -> ingest_pb2.Tweet:
     micros = round(tweet.received_at.timestamp() * 1_000_000)
-    return ingest_pb2.Tweet(texto=tweet.texto, pais=tweet.pais, id=tweet.id, received_at_us=micros)
+    return ingest_pb2.Tweet(
+        texto=tweet.texto, pais=tweet.pais, id=tweet.id, received_at_us=micros, headers=headers
+    )
 
 
 def from_pb(message: ingest_pb2.Tweet) -> Tweet:
@@ -60,6 +69,19 @@ def from_pb(message: ingest_pb2.Tweet) -> Tweet:
     return Tweet(message.id, texto, pais, received)
 
 
+def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[Record]:
+    """The broker records; with tracing on, each under an `ingest` span whose context its
+    record's headers carry on to the consumers."""
+    if not tracing.enabled():
+        return [Record(encode_record(t)) for t in tweets]
+    records = []
+    for tweet, carried in zip(tweets, headers or [{}] * len(tweets), strict=True):
+        with tracing.span("ingest publish", "ingest", parent=carried, tweet_id=tweet.id):
+            outgoing = tracing.as_record_headers(tracing.current_headers())
+        records.append(Record(encode_record(tweet), headers=outgoing))
+    return records
+
+
 class IngestService(
     ingest_pb2_grpc.TweetIngestServicer,  # type: ignore[misc]  # generated, untyped
     confproto_pb2_grpc.getInfoServicer,  # type: ignore[misc]
@@ -67,9 +89,14 @@ class IngestService(
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    async def _publish(self, tweets: list[Tweet], context: grpc.aio.ServicerContext) -> None:
+    async def _publish(
+        self,
+        tweets: list[Tweet],
+        context: grpc.aio.ServicerContext,
+        headers: Sequence[Mapping[str, str]] = (),
+    ) -> None:
         try:
-            await self._broker.publish([encode_record(t) for t in tweets])
+            await self._broker.publish(_records(tweets, headers))
         except BackendUnavailable as error:
             log.warning("broker unavailable: %s", error)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"broker unavailable: {error}")
@@ -89,14 +116,14 @@ class IngestService(
         self, request: ingest_pb2.Tweet, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.Ack:
         tweets = await self._validated([request], context)
-        await self._publish(tweets, context)
+        await self._publish(tweets, context, [request.headers])
         return ingest_pb2.Ack(id=tweets[0].id)
 
     async def PublishBatch(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.TweetBatch, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.BatchAck:
         tweets = await self._validated(list(request.tweets), context)
-        await self._publish(tweets, context)
+        await self._publish(tweets, context, [m.headers for m in request.tweets])
         return ingest_pb2.BatchAck(accepted=len(tweets), ids=[t.id for t in tweets])
 
     async def returnInfo(  # noqa: N802 - the seed's method name
@@ -108,11 +135,53 @@ class IngestService(
         return confproto_pb2.replyInfo(info=f"Tweet recibido: {tweets[0].id}")
 
 
+class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped base
+    """Per-method call counts by status code and handling time (`weathertweets_grpc_server_*`);
+    the caller's `x-request-id` metadata becomes the request id of our log lines."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = str(details.method).rsplit("/", 1)[-1]
+        metadata = dict(details.invocation_metadata or ())
+        inner = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = REQUEST_ID.set(metadata.get("x-request-id"))
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except Exception:
+                found = context.code()
+                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                REQUEST_ID.reset(token)
+                GRPC_HANDLED.labels(method, code).inc()
+                GRPC_DURATION.labels(method).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 async def start_ingest_server(broker: Broker, address: str) -> grpc.aio.Server:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """The ingest services, plus the standard gRPC health service (`grpc.health.v1.Health`):
+    SERVING for "" and both service names while the process runs."""
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed()])
     service = IngestService(broker)
     ingest_pb2_grpc.add_TweetIngestServicer_to_server(service, server)
     confproto_pb2_grpc.add_getInfoServicer_to_server(service, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", "weathertweets.v1.TweetIngest", "confproto.getInfo"):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError:

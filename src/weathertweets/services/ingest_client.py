@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 
@@ -21,6 +21,7 @@ from weathertweets.ports import BackendUnavailable
 from weathertweets.proto import ingest_pb2, ingest_pb2_grpc
 from weathertweets.services.ingest import GRPC_OPTIONS, to_pb
 
+NO_HEADERS: Mapping[str, str] = {}
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 CHANNEL_OPTIONS = [*GRPC_OPTIONS, ("grpc.service_config", ROUND_ROBIN)]
 
@@ -31,14 +32,23 @@ class IngestClient:
         self._timeout = timeout
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = ingest_pb2_grpc.TweetIngestStub(self._channel)
-        self._batcher = Batcher(self._send, max_batch=max_batch, max_in_flight=8)
+        self._batcher: Batcher[tuple[Tweet, Mapping[str, str]]] = Batcher(
+            self._send, max_batch=max_batch, max_in_flight=8
+        )
 
-    async def publish(self, tweets: Sequence[Tweet]) -> None:
-        """Return once ingest has every tweet on the broker; BackendUnavailable if it cannot."""
-        await self._batcher.submit(tweets)
+    async def publish(
+        self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
+    ) -> None:
+        """Return once ingest has every tweet on the broker; BackendUnavailable if it cannot.
 
-    async def _send(self, tweets: list[Tweet]) -> None:
-        batch = ingest_pb2.TweetBatch(tweets=[to_pb(t) for t in tweets])
+        `headers[i]` travels with `tweets[i]` onto its broker record (trace context)."""
+        if headers:
+            await self._batcher.submit(list(zip(tweets, headers, strict=True)))
+        else:
+            await self._batcher.submit([(t, NO_HEADERS) for t in tweets])
+
+    async def _send(self, items: list[tuple[Tweet, Mapping[str, str]]]) -> None:
+        batch = ingest_pb2.TweetBatch(tweets=[to_pb(t, h) for t, h in items])
         try:
             await self._stub.PublishBatch(batch, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:

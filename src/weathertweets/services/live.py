@@ -2,7 +2,8 @@
 
 A snapshot holds the counts, the weather per country, the map's ISO codes, recent tweets,
 tweets/s over the last ten minutes, end-to-end latency of the newest archived tweets, and the
-energy estimate. It is built only while someone watches (`subscribe`) or asks (`snapshot`).
+energy estimate. It is built only while someone watches (`subscribe`) or asks (`snapshot`);
+the history behind tweets/s is sampled all the time (`keep_history`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 from prometheus_client import REGISTRY
 
+from weathertweets import schemas
 from weathertweets.countries import iso_codes
 from weathertweets.energy import KWH_PER_JOULE, EnergyModel
-from weathertweets.ports import Counters, Store
-from weathertweets.weather import dominant
+from weathertweets.ports import BackendUnavailable, Counters, Store
 
 log = logging.getLogger("weathertweets.live")
 HISTORY_SECONDS = 600
 PERIOD = 1.0
+SAMPLE_EVERY = 5.0  # the tweets/s history is kept even while no one watches
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -47,7 +48,7 @@ class LiveFeed:
         self._store, self._counters, self._energy = store, counters, energy
         self._grid = grid_gco2_per_kwh
         self._scope = energy_scope
-        self._history: deque[tuple[float, int]] = deque(maxlen=HISTORY_SECONDS + 1)
+        self._history: deque[tuple[float, int]] = deque()
         self._latest: bytes | None = None
         self._changed = asyncio.Condition()
         self._viewers = 0
@@ -91,6 +92,23 @@ class LiveFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def keep_history(self) -> None:
+        """Sample the total every few seconds, forever, so a page opened now charts the last
+        ten minutes. A backend hiccup skips a sample; it never ends the task."""
+        while not self._closed:
+            try:
+                self._remember((await self._counters.stats(top=1)).total)
+            except BackendUnavailable as error:
+                log.debug("history sample skipped: %s", error)
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    def _remember(self, total: int) -> None:
+        now = time.time()
+        if not self._history or now - self._history[-1][0] >= 0.5:
+            self._history.append((now, total))
+        while self._history and self._history[0][0] < now - HISTORY_SECONDS:
+            self._history.popleft()
+
     async def _run(self) -> None:
         while True:
             started = time.monotonic()
@@ -102,7 +120,7 @@ class LiveFeed:
                 log.warning("live snapshot failed: %s", error)
             await asyncio.sleep(max(0.05, PERIOD - (time.monotonic() - started)))
 
-    async def _build(self) -> dict[str, Any]:
+    async def _build(self) -> schemas.Dashboard:
         stats, archived, per_country, recent = await asyncio.gather(
             self._counters.stats(top=10),
             self._store.count(),
@@ -110,10 +128,9 @@ class LiveFeed:
             self._store.recent(None, 100),
         )
         now = time.time()
-        if not self._history or now - self._history[-1][0] >= 0.5:
-            self._history.append((now, stats.total))
+        self._remember(stats.total)
         rates = [
-            {"t": round(t1, 1), "rate": round((n1 - n0) / (t1 - t0), 2)}
+            schemas.Rate(t=round(t1, 1), rate=round((n1 - n0) / (t1 - t0), 2))
             for (t0, n0), (t1, n1) in zip(self._history, list(self._history)[1:], strict=False)
             if t1 > t0
         ]
@@ -121,53 +138,42 @@ class LiveFeed:
             (d.archived_at - d.tweet.received_at).total_seconds() for d in recent if d.archived_at
         ]
         known, unknown = iso_codes(stats.countries)
-        return {
-            "at": now,
-            "total": stats.total,
-            "archived": archived,
-            "countries": stats.countries,
-            "top_texts": [{"texto": t, "count": n} for t, n in stats.top_texts],
-            "map": {"iso": known, "unknown": unknown},
-            "conditions": stats.conditions,
-            "weather": {
-                pais: {"dominant": dominant(counts), "counts": counts}
-                for pais, counts in per_country.items()
-            },
-            "recent": [
-                {
-                    "id": d.tweet.id,
-                    "texto": d.tweet.texto,
-                    "pais": d.tweet.pais,
-                    "received_at": d.tweet.received_at,
-                }
-                for d in recent[:15]
-            ],
-            "rates": rates,
-            "latency": {
-                "p50": _percentile(latencies, 0.5),
-                "p95": _percentile(latencies, 0.95),
-                "sample": len(latencies),
-            },
-            "energy": self._energy_view(),
-        }
+        return schemas.Dashboard(
+            at=now,
+            total=stats.total,
+            archived=archived,
+            countries=stats.countries,
+            top_texts=schemas.text_counts(stats.top_texts),
+            map=schemas.MapCounts(iso=known, unknown=unknown),
+            conditions=stats.conditions,
+            weather=schemas.weather_by_country(per_country),
+            recent=[schemas.recent_tweet(d) for d in recent[:15]],
+            rates=rates,
+            latency=schemas.Latency(
+                p50=_percentile(latencies, 0.5),
+                p95=_percentile(latencies, 0.95),
+                sample=len(latencies),
+            ),
+            energy=self._energy_view(),
+        )
 
-    def _energy_view(self) -> dict[str, Any] | None:
+    def _energy_view(self) -> schemas.Energy | None:
         if self._energy is None:
             return None
         joules = self._energy.joules()
         kwh = joules * KWH_PER_JOULE
         accepted = REGISTRY.get_sample_value("weathertweets_tweets_accepted_total") or 0.0
-        return {
-            "joules": joules,
-            "kwh": kwh,
-            "gco2": kwh * self._grid,
-            "tweets": int(accepted),
-            "joules_per_1000_tweets": joules / accepted * 1000 if accepted else None,
-            "scope": self._scope,
-            "model": (
+        return schemas.Energy(
+            joules=joules,
+            kwh=kwh,
+            gco2=kwh * self._grid,
+            tweets=int(accepted),
+            joules_per_1000_tweets=joules / accepted * 1000 if accepted else None,
+            scope=self._scope,
+            model=(
                 f"CPU-time estimate: cpu_s × ({self._energy.max_watts} − "
                 f"{self._energy.min_watts}) W + wall_s × {self._energy.min_watts} W per process "
                 "(Cloud Carbon Footprint's Google Cloud vCPU coefficients); CO2 at "
                 f"{self._grid:g} gCO2e/kWh (IEA world average, 2019)"
             ),
-        }
+        )

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from weathertweets.metrics import exposition
+from weathertweets.schemas import Health, Readiness
 from weathertweets.web import Request, Response, Router
 
 Check = Callable[[], Awaitable[None]]
@@ -21,7 +22,7 @@ async def _outcome(check: Check, timeout: float) -> str:
 
 def add_ops_routes(router: Router, checks: Mapping[str, Check], timeout: float = 3.0) -> None:
     async def healthz(_: Request) -> Response:
-        return Response.json({"status": "ok"})
+        return Response.json(Health(status="ok"))
 
     async def readyz(_: Request) -> Response:
         names = list(checks)
@@ -29,7 +30,7 @@ def add_ops_routes(router: Router, checks: Mapping[str, Check], timeout: float =
         report = dict(zip(names, outcomes, strict=True))
         ready = all(outcome == "ok" for outcome in outcomes)
         headers = [] if ready else [(b"retry-after", b"1")]
-        body = {"status": "ready" if ready else "unavailable", "checks": report}
+        body = Readiness(status="ready" if ready else "unavailable", checks=report)
         return Response.json(body, 200 if ready else 503, headers)
 
     async def metrics(_: Request) -> Response:
@@ -39,9 +40,3 @@ def add_ops_routes(router: Router, checks: Mapping[str, Check], timeout: float =
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/readyz", readyz)
     router.add("GET", "/metrics", metrics)
-
-
-def ops_router(service: str, checks: Mapping[str, Check]) -> Router:
-    router = Router(service)
-    add_ops_routes(router, checks)
-    return router

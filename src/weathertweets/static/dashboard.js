@@ -2,7 +2,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const fmt = new Intl.NumberFormat("es");
+const LOCALE = "es";  // one number locale for the whole page: 1.234,5
+const fmt = new Intl.NumberFormat(LOCALE);
+const fixed = (value, digits) => new Intl.NumberFormat(LOCALE,
+  { minimumFractionDigits: digits, maximumFractionDigits: digits }).format(value);
+const significant = (value) => new Intl.NumberFormat(LOCALE, { maximumSignificantDigits: 3 }).format(value);
+// Energy and mass in the unit that reads best: 0,42 Wh rather than 4.2e-4 kWh.
+function scaled(value, units) {
+  for (const [factor, unit] of units) if (Math.abs(value) >= factor) return `${significant(value / factor)} ${unit}`;
+  const [factor, unit] = units[units.length - 1];
+  return `${significant(value / factor)} ${unit}`;
+}
+const energyText = (kwh) => scaled(kwh, [[1, "kWh"], [1e-3, "Wh"], [1e-6, "mWh"]]);
+const massText = (grams) => scaled(grams, [[1000, "kg"], [1, "g"], [1e-3, "mg"]]);
 const PALETTE = ["#38bdf8", "#f472b6", "#facc15", "#4ade80", "#fb923c", "#a78bfa", "#f87171",
   "#2dd4bf", "#94a3b8"];
 const CONDITION_COLOURS = { heat: "#f97316", cold: "#60a5fa", rain: "#2563eb", storm: "#a855f7",
@@ -16,7 +28,7 @@ function text(id, value) { const el = $(id); if (el.textContent !== value) el.te
 function number(value) { return value === null || value === undefined ? "–" : fmt.format(value); }
 function seconds(value) {
   if (value === null || value === undefined) return "–";
-  return value < 1 ? `${Math.round(value * 1000)} ms` : `${value.toFixed(2)} s`;
+  return value < 1 ? `${fmt.format(Math.round(value * 1000))} ms` : `${fixed(value, 2)} s`;
 }
 function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -131,10 +143,10 @@ function render(s) {
   text("latency-sample", number(s.latency.sample));
   if (s.energy) {
     const perK = s.energy.joules_per_1000_tweets;
-    text("energy-j1000", perK === null ? "–" : perK.toFixed(1));
-    text("energy-joules", s.energy.joules.toFixed(1));
-    text("energy-kwh", s.energy.kwh.toExponential(3));
-    text("energy-co2", s.energy.gco2.toFixed(4));
+    text("energy-j1000", perK === null ? "–" : fixed(perK, 1));
+    text("energy-joules", fixed(s.energy.joules, 1));
+    text("energy-kwh", energyText(s.energy.kwh));
+    text("energy-co2", massText(s.energy.gco2));
     text("energy-model", `${s.energy.model}. Scope: ${s.energy.scope}.`);
   }
   $("conditions").innerHTML = Object.entries(s.conditions).map(([c, n]) =>
@@ -144,7 +156,7 @@ function render(s) {
     .sort((a, b) => b[2] - a[2])
     .map(([pais, w, n]) => `<tr data-pais="${escapeHtml(pais)}"><td>${escapeHtml(pais)}</td><td>${dot(w.dominant)}${w.dominant}</td><td>${fmt.format(n)}</td></tr>`).join("");
   $("recent").innerHTML = s.recent.map((t) =>
-    `<tr><td>${new Date(t.received_at).toLocaleTimeString()}</td><td>${escapeHtml(t.pais)}</td><td>${escapeHtml(t.texto)}</td></tr>`).join("");
+    `<tr><td>${new Date(t.received_at).toLocaleTimeString(LOCALE)}</td><td>${escapeHtml(t.pais)}</td><td>${escapeHtml(t.texto)}</td></tr>`).join("");
   document.body.dataset.at = s.at;
 }
 
@@ -156,7 +168,7 @@ function connect() {
   source.onmessage = (event) => {
     const started = performance.now();
     render(JSON.parse(event.data));
-    document.body.dataset.renderMs = (performance.now() - started).toFixed(1);
+    document.body.dataset.renderMs = String(Math.round((performance.now() - started) * 10) / 10);
     if (ticks++ % 3 === 0) loadCountry();
   };
 }

@@ -1,0 +1,82 @@
+"""ASGI middleware around a Router: request ids, an access log, and per-route metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from weathertweets.logs import REQUEST_ID, TWEET_ID
+from weathertweets.metrics import HTTP_DURATION, HTTP_REQUESTS
+from weathertweets.web import Message, Receive, Scope, Send
+
+access = logging.getLogger("weathertweets.access")
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+ASGIApp = Callable[[Scope, Receive, Send], object]
+ResponseHook = Callable[[Scope, int], None]
+
+
+def _request_id(scope: Scope) -> bytes:
+    """The caller's `x-request-id` when it is a sane token, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
+            return bytes(value)
+    return uuid.uuid4().hex[:16].encode()
+
+
+class Observed:
+    """Gives each request an id (echoed as `x-request-id`), times it, counts it by route and
+    status, logs one access line, and calls `on_response` hooks (the gateway counts rejections)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: str,
+        *,
+        access_log: bool = True,
+        on_response: ResponseHook | None = None,
+    ) -> None:
+        self.app, self.service = app, service
+        self._access_log = access_log
+        self._on_response = on_response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # type: ignore[misc]
+            return
+        request_id = _request_id(scope)
+        token = REQUEST_ID.set(request_id.decode())
+        tweet_token = TWEET_ID.set(None)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)  # type: ignore[misc]
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route", "unmatched")
+            HTTP_REQUESTS.labels(self.service, route, str(status)).inc()
+            HTTP_DURATION.labels(self.service, route).observe(elapsed)
+            if self._on_response is not None:
+                self._on_response(scope, status)
+            if self._access_log:
+                access.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    extra={"status": status, "route": route, "duration_ms": elapsed * 1000},
+                )
+            TWEET_ID.reset(tweet_token)
+            REQUEST_ID.reset(token)
