@@ -12,9 +12,9 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(
 RUNTIME_STAMP := $(VENV)/.runtime
 DEV_STAMP := $(VENV)/.dev
 DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/k8s/strimzi_crds.py
 
-.PHONY: install dev run test lint format unit e2e services services-down services-status chart browser dashboards bench lock clean
+.PHONY: install dev run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench lock clean
 
 install: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
@@ -51,11 +51,12 @@ format: dev
 	$(BIN)/ruff check --fix $(PY_SOURCES)
 	$(BIN)/ruff format $(PY_SOURCES)
 
-# The whole suite, real engines included (`make services` installs and starts them; they keep
-# running afterwards). On a machine without them: `make test ENGINES=0` runs the rest.
+# The whole suite, real engines included (`make services` installs and starts them, `make k8s-up`
+# a Kubernetes API server; they keep running afterwards). On a machine without them:
+# `make test ENGINES=0` runs the rest.
 # pytest exits 5 when it collected no tests: that is a broken suite here, never a pass.
 ENGINES ?= 1
-test: lint $(if $(filter 1,$(ENGINES)),chart services browser)
+test: lint $(if $(filter 1,$(ENGINES)),chart services browser k8s-up)
 	@WT_REQUIRE_ENGINES=$(ENGINES) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -67,6 +68,16 @@ chart: dev
 
 browser:
 	tools/browser/install.sh
+
+# etcd + kube-apiserver on 127.0.0.1 (built with Go the first time), for the chart's server checks.
+k8s-up:
+	tools/k8s/cluster.sh up
+
+k8s-down:
+	tools/k8s/cluster.sh down
+
+k8s-status:
+	tools/k8s/cluster.sh status
 
 bench: dev
 	$(BIN)/python tools/bench.py

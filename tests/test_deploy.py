@@ -1,8 +1,8 @@
 """Static checks of everything that deploys: image, compose file, Helm chart, dashboards.
 
-No cluster and no Docker engine run here, so the chart is linted and rendered by Helm, the
-manifests validated against the Kubernetes 1.33 schemas (strict) and the Strimzi CRDs, and the
-rendered output held to the project's policies.
+No Docker engine runs here, so the chart is linted and rendered by Helm, the manifests validated
+against the Kubernetes 1.33 schemas (strict) and the Strimzi CRDs, and the rendered output held
+to the project's policies. Against a real API server: tests/test_k8s_apiserver.py.
 """
 
 from __future__ import annotations
@@ -301,10 +301,14 @@ def test_locust_job_is_fed_by_the_generated_data() -> None:
     docs = render("-f", str(ALL_ON))
     data = next(d for d in docs if d["metadata"]["name"] == "wt-weathertweets-locust-data")
     assert json.loads(data["data"]["data.json"]) == generate(10_000, seed=2024)
-    jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
-    workers = jobs["wt-weathertweets-locust-worker"]["spec"]
+    jobs = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in docs
+        if d["kind"] == "Job"
+    }
+    workers = jobs["locust-worker"]["spec"]
     assert workers["parallelism"] == workers["completions"] == 2
-    master = jobs["wt-weathertweets-locust"]["spec"]["template"]["spec"]["containers"][0]
+    master = jobs["locust"]["spec"]["template"]["spec"]["containers"][0]
     assert "--expect-workers=2" in master["args"]
 
 
