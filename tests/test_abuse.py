@@ -293,3 +293,27 @@ def test_the_load_and_locust_tools_send_keys() -> None:
     first, second = write_headers("k"), write_headers("k")
     assert first["idempotency-key"] != second["idempotency-key"]  # one key per write
     assert first["authorization"] == "Bearer k"
+
+
+async def test_junk_texts_cannot_grow_the_redis_counters_without_bound() -> None:
+    from redis.asyncio import Redis
+
+    from weathertweets.backends.redis_counters import RedisCounters
+    from weathertweets.ports import CountedTweet
+
+    namespace = RealNamespace.fresh()
+    prefix, url = namespace.env["WT_COUNTER_PREFIX"], namespace.env["WT_COUNTER_URL"]
+    counters = RedisCounters(url, prefix, seed_keys=False, text_cap=5)
+    await counters.start()
+    await counters.apply("counter", [CountedTweet(0, i, "Chile", "Sol") for i in range(10)])
+    for start in range(0, 200, 50):  # 200 junk texts, in batches
+        junk = [CountedTweet(1, start + i, "Chile", f"junk {start + i}") for i in range(50)]
+        await counters.apply("counter", junk)
+    stats = await counters.stats()
+    await counters.close()
+    redis = Redis.from_url(url)
+    sizes = [await redis.hlen(f"{prefix}country:Chile"), await redis.hlen(f"{prefix}texts")]
+    await redis.aclose()
+    assert all(size <= 6 for size in sizes), sizes  # the cap, plus the 20 % slack
+    assert stats.countries["Chile"] == stats.total == 210  # totals stay exact
+    assert stats.top_texts[0] == ("Sol", 10)

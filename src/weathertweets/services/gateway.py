@@ -250,11 +250,12 @@ class Gateway:
 
     async def country(self, request: Request) -> Response:
         pais = _country_name(request.path_params["pais"])
-        texts = await self._counters.country(pais)
+        texts, stats = await asyncio.gather(
+            self._counters.country(pais), self._counters.stats(top=1)
+        )
+        total = stats.countries.get(pais, sum(texts.values()))  # exact, the texts may be capped
         return Response.json(
-            schemas.CountryTexts(
-                pais=pais, total=sum(texts.values()), texts=schemas.text_counts(texts)
-            )
+            schemas.CountryTexts(pais=pais, total=total, texts=schemas.text_counts(texts))
         )
 
     async def recent(self, request: Request) -> Response:
