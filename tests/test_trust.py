@@ -282,7 +282,7 @@ async def test_texts_per_country_are_capped_to_the_most_counted(
     import weathertweets.backends.sqlite_counters as module
     from weathertweets.ports import CountedTweet
 
-    monkeypatch.setattr(module.secrets, "randbelow", lambda _: 0)  # prune on every batch
+    monkeypatch.setattr("secrets.randbelow", lambda _: 0)  # prune on every batch
     counters = module.SqliteCounters(tmp_path / "c.db", text_cap=3)
     await counters.start()
     popular = [CountedTweet(0, i, "Chile", "Sol") for i in range(5)]
