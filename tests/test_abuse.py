@@ -4,7 +4,7 @@ hostile client or an operator pulling plugs does, and what must still hold."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import socket
 import subprocess
 import sys
@@ -41,10 +41,8 @@ def _raw(port: int, request: bytes, wait: float = 5) -> bytes:
     """Send raw bytes; what came back before the server closed (or `wait` passed)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(wait)
-        try:
+        with contextlib.suppress(OSError):  # the server may close mid-send: its answer counts
             sock.sendall(request)
-        except OSError:
-            pass  # the server may close on us mid-send: what it answered is what counts
         received = b""
         try:
             while chunk := sock.recv(65536):
@@ -148,12 +146,9 @@ def test_trusted_ids_are_still_checked(tmp_path: Path) -> None:
                     )
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert stub.Publish(tweet, metadata=auth, timeout=10).id == tweet.id
-            second = ServiceProcess(
-                ["serve", "ingest"],
-                tmp_path / "second.log",
-                {**env, "WT_INGEST_METRICS_PORT": str(free_port())},
-            )
-            assert second.start().proc is not None and second.proc.wait(30) == 2
+            other = {**env, "WT_INGEST_METRICS_PORT": str(free_port())}
+            second = ServiceProcess(["serve", "ingest"], tmp_path / "second.log", other).start()
+            assert second.proc is not None and second.proc.wait(30) == 2
             assert f"cannot listen for gRPC on 127.0.0.1:{port}" in second.output
     finally:
         ingest.stop()
@@ -292,8 +287,33 @@ def test_a_stalled_store_or_counters_is_503_within_3_s_then_exact(
 
 
 def test_the_load_and_locust_tools_send_keys() -> None:
-    text = (Path(__file__).parent.parent / "locustfile.py").read_text()
-    assert "write_headers(API_KEY)" in text
-    assert json.dumps("idempotency-key") in json.dumps(
-        str(__import__("weathertweets.client").client.write_headers())
-    )
+    from weathertweets.client import write_headers
+
+    assert "write_headers(API_KEY)" in (Path(__file__).parent.parent / "locustfile.py").read_text()
+    first, second = write_headers("k"), write_headers("k")
+    assert first["idempotency-key"] != second["idempotency-key"]  # one key per write
+    assert first["authorization"] == "Bearer k"
+
+
+async def test_junk_texts_cannot_grow_the_redis_counters_without_bound() -> None:
+    from redis.asyncio import Redis
+
+    from weathertweets.backends.redis_counters import RedisCounters
+    from weathertweets.ports import CountedTweet
+
+    namespace = RealNamespace.fresh()
+    prefix, url = namespace.env["WT_COUNTER_PREFIX"], namespace.env["WT_COUNTER_URL"]
+    counters = RedisCounters(url, prefix, seed_keys=False, text_cap=5)
+    await counters.start()
+    await counters.apply("counter", [CountedTweet(0, i, "Chile", "Sol") for i in range(10)])
+    for start in range(0, 200, 50):  # 200 junk texts, in batches
+        junk = [CountedTweet(1, start + i, "Chile", f"junk {start + i}") for i in range(50)]
+        await counters.apply("counter", junk)
+    stats = await counters.stats()
+    await counters.close()
+    redis = Redis.from_url(url)
+    sizes = [await redis.hlen(f"{prefix}country:Chile"), await redis.hlen(f"{prefix}texts")]
+    await redis.aclose()
+    assert all(size <= 6 for size in sizes), sizes  # the cap, plus the 20 % slack
+    assert stats.countries["Chile"] == stats.total == 210  # totals stay exact
+    assert stats.top_texts[0] == ("Sol", 10)

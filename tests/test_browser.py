@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Pipeline
-from weathertweets.countries import SPANISH
+from weathertweets.countries import CANONICAL
 from weathertweets.gendata import TEXTS, generate
 
 pytestmark = pytest.mark.e2e
@@ -130,7 +130,7 @@ def test_the_page_keeps_up_with_200_countries_and_100_000_tweets(
 
     assert isinstance(browser, WebDriver)
     pipeline.start()
-    names = sorted(set(SPANISH))[:200]
+    names = sorted(set(CANONICAL.values()))[:200]  # 200 countries, one name each
     texts = [t for group in TEXTS.values() for t in group]
     api = httpx.Client(base_url=pipeline.url, timeout=60)
     for start in range(0, 100_000, 10_000):

@@ -178,8 +178,9 @@ def test_up_accepts_real_engine_urls(tmp_path: Path) -> None:
 
 
 def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
-    """Redis goes away: tweets are still accepted (Kafka holds them), reads answer 503 with
-    Retry-After, the counter retries; Redis comes back: the counts catch up, exactly."""
+    """Redis goes away: tweets sent without an Idempotency-Key are still accepted (Kafka holds
+    them); keyed writes and reads answer 503 with Retry-After (the keys live in Redis); the
+    counter retries. Redis comes back: the counts catch up, exactly."""
     redis = PrivateRedis(tmp_path)
     redis.start()
     namespace = RealNamespace.fresh()
@@ -193,15 +194,20 @@ def test_a_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -
         accepted = _send(gateway, records[:1500], batch=0)
         namespace.wait_exact(1500)
         redis.kill()
-        accepted += _send(gateway, records[1500:], batch=100)  # the broker still takes them
-        stats = httpx.get(gateway + "/api/v1/stats", timeout=30)
-        assert stats.status_code == 503
-        assert stats.headers["retry-after"] == "1"
-        assert stats.json()["error"]["code"] == "unavailable"
-        assert httpx.get(gateway + "/readyz", timeout=30).status_code == 503
-    finally:
+        with httpx.Client(base_url=gateway, timeout=30) as http:
+            for start in range(1500, 3000, 100):  # no key: the broker alone decides
+                answer = http.post("/api/v1/tweets", json=records[start : start + 100])
+                assert answer.status_code == 202, answer.text
+                accepted += 100
+            keyed = http.post(
+                "/input", json=records[0], headers={"idempotency-key": "during-the-outage"}
+            )
+            assert keyed.status_code == 503 and keyed.json()["error"]["code"] == "unavailable"
+            stats = http.get("/api/v1/stats")
+            assert stats.status_code == 503 and stats.headers["retry-after"] == "1"
+            assert stats.json()["error"]["code"] == "unavailable"
+            assert http.get("/readyz").status_code == 503
         redis.start()
-    try:
         assert accepted == 3000
         countries = namespace.wait_exact(3000)
         assert countries == dict(Counter(r["pais"] for r in records))

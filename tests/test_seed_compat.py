@@ -158,7 +158,9 @@ def _rewind(broker_url: str, topic: str, groups: list[str]) -> None:
         start = [TopicPartition(topic, p, 0) for p in partitions]
         request = [ConsumerGroupTopicPartitions(group, start)]
         for future in admin.alter_consumer_group_offsets(request).values():
-            future.result(timeout=30)
+            moved = future.result(timeout=30)
+            errors = [p.error for p in moved.topic_partitions if p.error is not None]
+            assert not errors, f"{group} was not rewound: {errors} (is a member still up?)"
 
 
 def _seed_hash_totals(redis: Redis, countries: list[str]) -> dict[str, int]:

@@ -262,3 +262,33 @@ def test_batch_size_is_read_from_the_wire_before_decoding() -> None:
     assert count_field(batch.SerializeToString(), 1) == 1234
     with pytest.raises(ValueError):
         count_field(b"\xff\xff\xff", 1)
+
+
+def test_the_live_snapshot_lists_at_most_the_top_countries() -> None:
+    from weathertweets.services.live import MAX_COUNTRIES, OTHERS, _bounded
+
+    many = {f"country {i}": 1000 - i for i in range(400)}  # sorted, largest first
+    kept = _bounded(many)
+    assert len(kept) == MAX_COUNTRIES + 1
+    assert kept[OTHERS] == sum(1000 - i for i in range(MAX_COUNTRIES, 400))
+    assert sum(kept.values()) == sum(many.values())
+
+
+async def test_texts_per_country_are_capped_to_the_most_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Junk texts cannot grow the counters without bound: the least counted are dropped, the
+    country's total stays exact."""
+    import weathertweets.backends.sqlite_counters as module
+    from weathertweets.ports import CountedTweet
+
+    monkeypatch.setattr("secrets.randbelow", lambda _: 0)  # prune on every batch
+    counters = module.SqliteCounters(tmp_path / "c.db", text_cap=3)
+    await counters.start()
+    popular = [CountedTweet(0, i, "Chile", "Sol") for i in range(5)]
+    junk = [CountedTweet(0, 10 + i, "Chile", f"junk {i}") for i in range(50)]
+    await counters.apply("counter", popular + junk)
+    texts, stats = await counters.country("Chile"), await counters.stats()
+    await counters.close()
+    assert len(texts) == 3 and texts["Sol"] == 5
+    assert stats.countries["Chile"] == 55 and stats.total == 55

@@ -24,7 +24,7 @@ from weathertweets.backends import open_broker, open_counters, open_idempotency,
 from weathertweets.config import SettingError, Settings
 from weathertweets.metrics import TASK_FAILURES
 from weathertweets.ports import BackendUnavailable, Broker, Counters, Idempotency, Store
-from weathertweets.server import http_server
+from weathertweets.server import http_server, is_loopback
 from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.errors import APP_ERRORS
@@ -237,12 +237,11 @@ SERVICES: dict[str, Service] = {  # in start order; stopped in reverse
     "ingest": Service("ingest", frozenset({"broker"}), _start_ingest),
     "gateway": Service("gateway", frozenset({"store", "counters", "idempotency"}), _start_gateway),
 }
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def check_exposure(settings: Settings, services: Sequence[str]) -> None:
     """Refuse to take anonymous writes, or unauthenticated internal calls, from a network."""
-    if settings.host in LOOPBACK or settings.allow_anonymous:
+    if is_loopback(settings.host) or settings.allow_anonymous:
         return
     writes = {"gateway", "counter"} & set(services)
     if writes and not load_keys(settings.api_keys, settings.api_keys_file):

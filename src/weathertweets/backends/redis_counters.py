@@ -26,19 +26,29 @@ from weathertweets.ports import BackendUnavailable, CountedTweet, Stats
 
 RECENT_MAX = 1000  # entries kept in the `recent` stream (approximately)
 RECENT_PER_BATCH = 200  # the newest tweets of a batch that go to the stream
+TEXT_CAP = 5000  # texts kept per country (and overall), the most counted
 SEEN_TTL = 2 * 86_400  # seconds an idempotent tweet's id is remembered (keys live 25 h)
 
 # ARGV: prefix, group ('' = direct increments, no offsets), recent_max, recent_per_batch,
-# seed_keys ('1' or '0'), seen_ttl, then partition, offset, pais, texto, condition, id ('' for
-# none) for each record. A record with an id is counted only if `seen:<id>` was not set yet.
+# seed_keys ('1' or '0'), seen_ttl, text_cap, then partition, offset, pais, texto, condition, id
+# ('' for none) for each record. A record with an id is counted only if `seen:<id>` was not set
+# yet. The per-text hashes keep the text_cap most counted texts: past 1.2 × text_cap entries the
+# least counted are dropped (the country totals stay exact).
 APPLY = """
 local prefix, group = ARGV[1], ARGV[2]
 local recent_max, recent_per_batch = tonumber(ARGV[3]), tonumber(ARGV[4])
-local seed_keys, seen_ttl = ARGV[5] == '1', ARGV[6]
+local seed_keys, seen_ttl, text_cap = ARGV[5] == '1', ARGV[6], tonumber(ARGV[7])
 local offsets_key = prefix .. 'offsets:' .. group
 local next_offset, countries, texts, by_country, fresh = {}, {}, {}, {}, {}
 local conditions, country_conditions = {}, {}
-for i = 7, #ARGV, 6 do
+local function prune(key)
+  if redis.call('HLEN', key) <= text_cap + text_cap / 5 then return end
+  local flat, ranked = redis.call('HGETALL', key), {}
+  for k = 1, #flat, 2 do ranked[#ranked + 1] = {flat[k], tonumber(flat[k + 1])} end
+  table.sort(ranked, function(a, b) return a[2] > b[2] end)
+  for k = text_cap + 1, #ranked do redis.call('HDEL', key, ranked[k][1]) end
+end
+for i = 8, #ARGV, 6 do
   local partition, offset = ARGV[i], tonumber(ARGV[i + 1])
   local start = 0
   if group ~= '' then
@@ -110,6 +120,11 @@ end
 for partition, offset in pairs(next_offset) do
   redis.call('HSET', offsets_key, partition, offset)
 end
+prune(prefix .. 'texts')
+for pais in pairs(by_country) do prune(prefix .. 'country:' .. pais) end
+if redis.call('ZCARD', prefix .. 'rank:texts') > text_cap + text_cap / 5 then
+  redis.call('ZREMRANGEBYRANK', prefix .. 'rank:texts', 0, -(text_cap + 1))
+end
 return #fresh
 """
 
@@ -120,9 +135,12 @@ def _by_count(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[str, int]]:
 
 
 class RedisCounters:
-    def __init__(self, url: str, prefix: str = "wt:", *, seed_keys: bool = True) -> None:
+    def __init__(
+        self, url: str, prefix: str = "wt:", *, seed_keys: bool = True, text_cap: int = TEXT_CAP
+    ) -> None:
         self.prefix = prefix
         self.seed_keys = seed_keys
+        self.text_cap = text_cap
         self._redis = Redis.from_url(url, decode_responses=True, socket_timeout=10)
         self._apply = self._redis.register_script(APPLY)
 
@@ -132,6 +150,7 @@ class RedisCounters:
     async def _run(self, group: str, tweets: Sequence[CountedTweet]) -> int:
         seed = "1" if self.seed_keys else "0"
         args: list[str | int] = [self.prefix, group, RECENT_MAX, RECENT_PER_BATCH, seed, SEEN_TTL]
+        args.append(self.text_cap)
         for t in tweets:
             args += [t.partition, t.offset, t.pais, t.texto, t.condition, t.id or ""]
         try:

@@ -69,6 +69,7 @@ def _add(conn: sqlite3.Connection, tweets: Counter[tuple[str, str, str]]) -> Non
 
 
 SEEN_TTL_US = 2 * 86_400 * 1_000_000
+TEXT_CAP = 5000  # texts kept per country and overall, the most counted
 
 
 def _first_time(conn: sqlite3.Connection, tweet_id: str | None) -> bool:
@@ -81,9 +82,24 @@ def _first_time(conn: sqlite3.Connection, tweet_id: str | None) -> bool:
     return conn.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (tweet_id, now)).rowcount == 1
 
 
+def _prune(conn: sqlite3.Connection, countries: set[str], cap: int) -> None:
+    """Keep the `cap` most counted texts per country and overall (totals stay exact)."""
+    for pais in countries:
+        conn.execute(
+            "DELETE FROM country_texts WHERE pais = ?1 AND texto NOT IN (SELECT texto FROM"
+            " country_texts WHERE pais = ?1 ORDER BY n DESC LIMIT ?2)",
+            (pais, cap),
+        )
+    conn.execute(
+        "DELETE FROM texts WHERE texto NOT IN (SELECT texto FROM texts ORDER BY n DESC LIMIT ?)",
+        (cap,),
+    )
+
+
 class SqliteCounters:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, text_cap: int = TEXT_CAP) -> None:
         self._db = SqliteThread(path, SCHEMA, "counters")
+        self.text_cap = text_cap
 
     async def start(self) -> None:
         await self._db.open()
@@ -101,6 +117,8 @@ class SqliteCounters:
                     return 0
                 fresh = [t for t in unread if _first_time(conn, t.id)]
                 _add(conn, Counter((t.pais, t.texto, t.condition) for t in fresh))
+                if secrets.randbelow(100) == 0:  # now and then: amortised over many batches
+                    _prune(conn, {t.pais for t in fresh}, self.text_cap)
                 ends: dict[int, int] = {}
                 for t in unread:
                     ends[t.partition] = max(ends.get(t.partition, 0), t.offset + 1)

@@ -27,6 +27,7 @@ from weathertweets.web import Handler, HTTPError, Request, Response, Router, Sco
 
 SINGLE_BODY_LIMIT = 64 * 1024
 READ_TIMEOUT = 2.5  # seconds a read waits for the store or the counters
+BATCHES_AT_ONCE = 2
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson"}
 # The course's path, the original's two, and the same with a trailing slash: the original's
@@ -107,6 +108,7 @@ class Gateway:
         self._assets = load_assets()
         self._max_batch = max_batch
         self._accept_unknown = accept_unknown_countries
+        self._batches = asyncio.Semaphore(BATCHES_AT_ONCE)
         self.router = Router("gateway", APP_ERRORS)
         self.app = Observed(
             self.router,
@@ -180,6 +182,12 @@ class Gateway:
         return await self._guard.write(request, caller, "tweet", [pair], self._publish, _one)
 
     async def post_batch(self, request: Request) -> Response:
+        # At most BATCHES_AT_ONCE batches are read and decoded at a time: the others wait
+        # with their bodies still in the socket, so peak memory stays bounded.
+        async with self._batches:
+            return await self._traced_batch(request)
+
+    async def _traced_batch(self, request: Request) -> Response:
         if tracing.enabled():
             with tracing.span(
                 "POST /api/v1/tweets", "gateway", parent=_headers(request), kind="server"
@@ -250,11 +258,12 @@ class Gateway:
 
     async def country(self, request: Request) -> Response:
         pais = _country_name(request.path_params["pais"])
-        texts = await self._counters.country(pais)
+        texts, stats = await asyncio.gather(
+            self._counters.country(pais), self._counters.stats(top=1)
+        )
+        total = stats.countries.get(pais, sum(texts.values()))  # exact, the texts may be capped
         return Response.json(
-            schemas.CountryTexts(
-                pais=pais, total=sum(texts.values()), texts=schemas.text_counts(texts)
-            )
+            schemas.CountryTexts(pais=pais, total=total, texts=schemas.text_counts(texts))
         )
 
     async def recent(self, request: Request) -> Response:

@@ -23,6 +23,7 @@ from weathertweets.metrics import BATCH_SIZE, GRPC_DURATION, GRPC_HANDLED, PUBLI
 from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from weathertweets.rpc_codec import count_field, from_pb, unique_ids
+from weathertweets.server import is_loopback
 
 log = logging.getLogger("weathertweets.ingest")
 
@@ -206,7 +207,7 @@ async def start_ingest_server(
     """The ingest services, plus the standard gRPC health service (`grpc.health.v1.Health`):
     SERVING for "" and both service names while the process runs."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed(max_batch)])
-    local = address.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+    local = is_loopback(address.rsplit(":", 1)[0])
     service = IngestService(
         broker, accept_unknown_countries, token=token, trust_unauthenticated=local
     )

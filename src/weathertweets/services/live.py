@@ -29,6 +29,21 @@ PERIOD = 1.0
 SAMPLE_EVERY = 5.0  # the tweets/s history is kept even while no one watches
 
 
+MAX_COUNTRIES = 250  # the most a snapshot lists; the rest are summed under OTHERS
+OTHERS = "(otros)"
+
+
+def _bounded(countries: dict[str, int]) -> dict[str, int]:
+    """The top MAX_COUNTRIES (counts come sorted, largest first), the rest as one entry, so a
+    snapshot stays small even when unknown countries are accepted."""
+    if len(countries) <= MAX_COUNTRIES:
+        return countries
+    ranked = list(countries.items())
+    kept = dict(ranked[:MAX_COUNTRIES])
+    kept[OTHERS] = sum(n for _, n in ranked[MAX_COUNTRIES:])
+    return kept
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -137,12 +152,14 @@ class LiveFeed:
         latencies = [
             (d.archived_at - d.tweet.received_at).total_seconds() for d in recent if d.archived_at
         ]
-        known, unknown = iso_codes(stats.countries)
+        countries = _bounded(stats.countries)
+        per_country = {p: per_country[p] for p in countries if p in per_country}
+        known, unknown = iso_codes(countries)
         return schemas.Dashboard(
             at=now,
             total=stats.total,
             archived=archived,
-            countries=stats.countries,
+            countries=countries,
             top_texts=schemas.text_counts(stats.top_texts),
             map=schemas.MapCounts(iso=known, unknown=unknown),
             conditions=stats.conditions,
