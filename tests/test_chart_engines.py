@@ -144,6 +144,13 @@ def test_the_application_runs_as_its_redis_users(chart_redis: tuple[Url, bool]) 
             ]
             applied = await counter.apply("counter", batch)
             replayed = await counter.apply("counter", batch)
+            capped = RedisCounters(url("counter"), "wt:", seed_keys=seed, text_cap=2)
+            try:  # past its cap, the script prunes the least counted texts in the same call
+                texts = ["Niebla", "Niebla", "Granizo", "Granizo", "Brisa", "Rocío"]
+                tweets = [CountedTweet(1, i, "Perú", text, "other") for i, text in enumerate(texts)]
+                await capped.apply("counter", tweets)
+            finally:
+                await capped.close()
             await gateway.increment("México", "Lluvia fuerte", "rain", id="id-2")  # POST /set
             await counter.increment("Guatemala", "Sol", "clear")  # the counter's own /set
             for user, store in keys.items():
@@ -156,6 +163,7 @@ def test_the_application_runs_as_its_redis_users(chart_redis: tuple[Url, bool]) 
                 "applied": (applied, replayed),
                 "stats": await gateway.stats(),
                 "country": await gateway.country("México"),
+                "capped": await gateway.country("Perú"),
                 "conditions": await gateway.country_conditions(),
             }
         finally:
@@ -166,8 +174,9 @@ def test_the_application_runs_as_its_redis_users(chart_redis: tuple[Url, bool]) 
 
     seen = asyncio.run(scenario())
     assert seen["applied"] == (2, 0)
-    assert seen["stats"].total == 4
-    assert seen["stats"].countries == {"Guatemala": 2, "México": 2}
+    assert seen["stats"].total == 10
+    assert seen["stats"].countries == {"Guatemala": 2, "México": 2, "Perú": 6}
+    assert seen["capped"] == {"Granizo": 2, "Niebla": 2}
     assert seen["country"] == {"Lluvia fuerte": 2}
     assert seen["conditions"]["México"] == {"rain": 2}
     admin = client(url("admin"))
