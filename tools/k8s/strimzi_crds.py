@@ -1,7 +1,7 @@
 """Structural CustomResourceDefinitions for Strimzi's Kafka, KafkaNodePool, KafkaTopic and
 KafkaUser, made from the chart's own JSON Schema subsets in deploy/schemas/strimzi (Strimzi's CRD
-YAML is in no registry this project reaches). The API server then checks our resources against the subset:
-types, enums, patterns, required fields, and unknown fields under `--validate=strict`.
+YAML is in no registry this project reaches). The API server then checks our resources against
+the subset: types, enums, patterns, required fields, and unknown fields under `--validate=strict`.
 
     python3 tools/k8s/strimzi_crds.py deploy/schemas/strimzi > crds.json   # a v1 List
 """
