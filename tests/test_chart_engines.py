@@ -27,7 +27,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from tests.conftest import free_port
 from tests.dashboard_queries import RedisQuery, all_queries
-from tests.test_deploy import render
+from tests.test_deploy import _need, render
 from weathertweets.backends.redis_counters import RedisCounters
 from weathertweets.backends.redis_idempotency import RedisIdempotency
 from weathertweets.ports import BackendUnavailable, CountedTweet
@@ -268,9 +268,7 @@ console.log(JSON.stringify(calls));
 
 
 def test_the_mongodb_users_have_rights_on_their_database_alone() -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = _need("node", "node")
     docs = render()
     script = config_map("wt-weathertweets-mongodb-init")["users.js"]
     mongodb = next(
