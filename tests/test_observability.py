@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_json_logs_carry_the_request_and_tweet_ids(pipeline: Pipeline) -> None:
-    pipeline.env = {"WT_LOG_FORMAT": "json"}
+    pipeline.env = {"WT_LOG_FORMAT": "json", "WT_ACCESS_LOG": "1"}
     pipeline.start()
     answer = httpx.post(
         pipeline.url + "/input",

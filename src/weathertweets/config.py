@@ -82,7 +82,9 @@ class Settings:
     )
     log_level: str = setting("info", "debug, info, warning or error")
     log_format: str = setting("text", "text, or json: one JSON object per line")
-    access_log: bool = setting(True, "1: one log line per HTTP request (method, path, status, ms)")
+    access_log: bool = setting(
+        False, "1: one log line per HTTP request (method, path, status, ms; ~15% of peak)"
+    )
     energy_min_watts: float = setting(0.71, "energy model: watts of an idle vCPU")
     energy_max_watts: float = setting(4.26, "energy model: watts of a busy vCPU")
     grid_gco2_per_kwh: float = setting(475.0, "grid carbon intensity, gCO2e per kWh")

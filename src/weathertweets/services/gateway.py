@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from weathertweets import __version__, schemas, tracing
@@ -27,8 +28,8 @@ from weathertweets.web import Handler, HTTPError, Request, Response, Router, Sco
 
 SINGLE_BODY_LIMIT = 64 * 1024
 READ_TIMEOUT = 2.5  # seconds a read waits for the store or the counters
-BATCHES_AT_ONCE = 2
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
+BATCH_BYTES_IN_FLIGHT = 24 * 1024 * 1024  # about 6× that in decoded objects: fits 256 Mi
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/ndjson"}
 # The course's path, the original's two, and the same with a trailing slash: the original's
 # Locust file, given the host `http://<ingress>/insert`, posts to `/insert/`.
@@ -36,6 +37,26 @@ TWEET_PATHS = ("/input", "/input/", "/", "/insert", "/insert/")
 WRITE_PATHS = frozenset({*TWEET_PATHS, "/api/v1/tweets", "/set"})
 # Routes only the cluster reaches (probes, Prometheus); everything else goes through the ingress.
 INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Budget:
+    """A weighted semaphore: `hold(n)` waits until n more units fit under `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, units: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + units <= self.capacity)
+            self.used += units
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= units
+                self._changed.notify_all()
 
 
 def count_rejection(scope: Scope, status: int) -> None:
@@ -108,7 +129,7 @@ class Gateway:
         self._assets = load_assets()
         self._max_batch = max_batch
         self._accept_unknown = accept_unknown_countries
-        self._batches = asyncio.Semaphore(BATCHES_AT_ONCE)
+        self._batch_bytes = Budget(BATCH_BYTES_IN_FLIGHT)
         self.router = Router("gateway", APP_ERRORS)
         self.app = Observed(
             self.router,
@@ -182,9 +203,12 @@ class Gateway:
         return await self._guard.write(request, caller, "tweet", [pair], self._publish, _one)
 
     async def post_batch(self, request: Request) -> Response:
-        # At most BATCHES_AT_ONCE batches are read and decoded at a time: the others wait
-        # with their bodies still in the socket, so peak memory stays bounded.
-        async with self._batches:
+        # Batches in progress hold at most BATCH_BYTES_IN_FLIGHT of bodies (a missing length
+        # counts as the largest body): the others wait with their bodies still in the socket,
+        # so peak memory stays bounded however many clients send at once.
+        declared = request.header(b"content-length")
+        size = int(declared) if declared and declared.isdigit() else BATCH_BODY_LIMIT
+        async with self._batch_bytes.hold(min(size, BATCH_BODY_LIMIT)):
             return await self._traced_batch(request)
 
     async def _traced_batch(self, request: Request) -> Response:
