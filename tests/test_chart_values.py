@@ -62,6 +62,21 @@ INVALID = [
             "/podDisruptionBudget/maxUnavailable", None),
     Invalid("gateway.autoscaling.minReplicas=7", "template",
             "gateway.autoscaling: minReplicas (7) is above maxReplicas (6)", None),
+    # Accepted by the server, and never works: Redis at its limit is killed before it refuses.
+    Invalid("redis.maxmemory=256Mi", "template",
+            "redis.maxmemory (256Mi) must be below redis.resources.limits.memory (256Mi)", None),
+    # Accepted by the server, and never works: the password goes into URLs as it is.
+    Invalid("redis.auth.gatewayPassword=pass@word:0123456789", "schema",
+            "/redis/auth/gatewayPassword", None),
+    # Accepted by the server, and weak: a short seed makes every credential guessable.
+    Invalid("secretSeed=short", "schema", "/secretSeed", None),
+    Invalid("auth.apiKeys={short}", "schema", "/auth/apiKeys/0", None),
+    # Accepted by the server, and never works: the prefix is a Redis ACL key pattern.
+    Invalid("pipeline.counterPrefix=wt*", "schema", "/pipeline/counterPrefix", None),
+    Invalid("auth.allowAnonymous=true,auth.existingSecret=keys", "template",
+            "auth.allowAnonymous opens writes to anyone", None),
+    Invalid("redis.auth.existingSecret=mine", "template",
+            "set dashboards.redisDatasource=false", None),
 ]  # fmt: skip
 IDS = [case.setting for case in INVALID]
 
@@ -106,7 +121,10 @@ def test_two_releases_share_no_name() -> None:
     second = names([doc for doc in yaml.safe_load_all(done.stdout) if doc])
     assert not first & second
     kinds = Counter(kind for kind, _ in first)
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "Job"} <= set(kinds)
+    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Job"} <= set(kinds)
+    # Strimzi's User Operator writes a Secret named after each KafkaUser: none may be ours.
+    users = {name for kind, name in first | second if kind == "KafkaUser"}
+    assert not users & {name for kind, name in first | second if kind == "Secret"}
 
 
 def test_the_longest_release_name_fits_every_name_limit() -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -28,6 +30,8 @@ CHART = ROOT / "deploy" / "helm" / "weathertweets"
 HELM = ROOT / ".cache" / "engines" / "bin" / "helm"
 KUBE_VERSION = "1.33.0"
 ALL_ON = CHART / "ci" / "all-on-values.yaml"
+PRODUCTION = CHART / "ci" / "production-values.yaml"
+PROFILES = {"default": [], "all-on": ["-f", str(ALL_ON)], "production": ["-f", str(PRODUCTION)]}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 
 
@@ -51,9 +55,9 @@ def render(*values: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=["default", "all-on"])
+@pytest.fixture(scope="module", params=list(PROFILES))
 def manifests(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
-    return render() if request.param == "default" else render("-f", str(ALL_ON))
+    return render(*PROFILES[request.param])
 
 
 def load_dashboards_module() -> Any:
@@ -76,10 +80,67 @@ def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]
             yield f"{name}/{container['name']}", container, spec
 
 
+def workload(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The Deployment, StatefulSet or Job whose pods are this component."""
+    return next(
+        d
+        for d in docs
+        if d["kind"] in WORKLOADS
+        and d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    )
+
+
+def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    return next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == f"wt-weathertweets-{component}"
+    )
+
+
+def environment(docs: list[dict[str, Any]], doc: dict[str, Any]) -> dict[str, str]:
+    """The first container's environment as the kubelet makes it: its ConfigMaps, the values of
+    the chart's Secrets (a placeholder for others'), and `$(VAR)` expanded."""
+    data = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(data[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        if "value" in variable:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), variable["value"])
+        else:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            value = secrets.get(ref["name"], {}).get(ref["key"], f"<{ref['name']}/{ref['key']}>")
+        env[variable["name"]] = value
+    return env
+
+
+def secret_references(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (Secret, key) a workload's pods read: environment and volumes."""
+    spec = doc["spec"]["template"]["spec"]
+    found = set()
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                found.add((source["secretRef"]["name"], "*"))
+        for variable in container.get("env", []):
+            ref = variable.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                found.add((ref["name"], ref["key"]))
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            items = volume["secret"].get("items") or [{"key": "*"}]
+            found |= {(volume["secret"]["secretName"], item["key"]) for item in items}
+        assert "projected" not in volume, "a projected volume: teach secret_references"
+    return found
+
+
 # --- Helm --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(ALL_ON)]], ids=["default", "all-on"])
+@pytest.mark.parametrize("values", PROFILES.values(), ids=PROFILES.keys())
 def test_helm_lint(values: list[str]) -> None:
     done = helm("lint", str(CHART), "--strict", *values)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -87,7 +148,8 @@ def test_helm_lint(values: list[str]) -> None:
 
 def test_every_toggle_renders_what_it_promises() -> None:
     kinds = {doc["kind"] for doc in render("-f", str(ALL_ON))}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "StatefulSet", "Ingress", "Job"} <= kinds
+    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "StatefulSet", "Ingress"} <= kinds
+    assert "Job" in kinds
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     assert {"ServiceMonitor", "ConfigMap", "Secret"} <= kinds
 
@@ -107,11 +169,18 @@ def test_external_backends_replace_the_bundled_ones() -> None:
         "--set", "redis.enabled=false", "--set", "redis.externalUrl=redis://r:6379/0",
     )  # fmt: skip
     kinds = {doc["kind"] for doc in docs}
-    assert not {"Kafka", "StatefulSet"} & kinds
-    secret = next(d for d in docs if d["metadata"]["name"] == "wt-weathertweets-secrets")
-    assert secret["stringData"]["WT_STORE_URL"] == "mongodb://m:27017/wt"
-    config = next(d for d in docs if d["metadata"]["name"] == "wt-weathertweets-config")
-    assert config["data"]["WT_BROKER_URL"] == "kafka://k:9092"
+    assert not {"Kafka", "KafkaUser", "StatefulSet"} & kinds
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    assert secrets["wt-weathertweets-gateway-credentials"] == {
+        "mongodb-url": "mongodb://m:27017/wt",
+        "redis-url": "redis://r:6379/0",
+    }
+    assert secrets["wt-weathertweets-archiver-credentials"] == {
+        "mongodb-url": "mongodb://m:27017/wt"
+    }
+    assert "wt-weathertweets-ingest-credentials" not in secrets  # nothing to hold
+    ingest = environment(docs, deployment(docs, "ingest"))
+    assert ingest["WT_BROKER_URL"] == "kafka://k:9092"
     missing = helm("template", "wt", str(CHART), "--set", "redis.enabled=false")
     assert "redis.externalUrl is required" in missing.stderr
 
@@ -119,7 +188,7 @@ def test_external_backends_replace_the_bundled_ones() -> None:
 # --- Kubernetes and Strimzi schemas -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [[], ["-f", str(ALL_ON)]], ids=["default", "all-on"])
+@pytest.mark.parametrize("values", PROFILES.values(), ids=PROFILES.keys())
 def test_manifests_validate_strictly_against_kubernetes(values: list[str], tmp_path: Path) -> None:
     rendered = tmp_path / "manifests.yaml"
     rendered.write_text(yaml.safe_dump_all(render(*values)))
@@ -135,32 +204,51 @@ def _strimzi(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["apiVersion"].startswith("kafka.strimzi.io")]
 
 
+def _strimzi_schema(kind: str) -> dict[str, Any]:
+    path = ROOT / "deploy" / "schemas" / "strimzi" / f"{kind.lower()}.v1.schema.json"
+    return dict(json.loads(path.read_text()))
+
+
 def test_strimzi_resources_match_the_schemas_kept_in_the_repo(
     manifests: list[dict[str, Any]],
 ) -> None:
     resources = _strimzi(manifests)
-    assert {doc["kind"] for doc in resources} == {"Kafka", "KafkaNodePool", "KafkaTopic"}
+    kinds = {doc["kind"] for doc in resources}
+    assert kinds == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
     for doc in resources:
-        schema_file = (
-            ROOT / "deploy" / "schemas" / "strimzi" / f"{doc['kind'].lower()}.v1.schema.json"
-        )
-        jsonschema.validate(doc, json.loads(schema_file.read_text()))
+        jsonschema.validate(doc, _strimzi_schema(doc["kind"]))
 
 
 def test_the_strimzi_schemas_catch_mistakes() -> None:
-    pool = next(d for d in render() if d["kind"] == "KafkaNodePool")
-    schema = json.loads((ROOT / "deploy/schemas/strimzi/kafkanodepool.v1.schema.json").read_text())
-    mistakes: list[Callable[[dict[str, Any]], object]] = [
-        lambda p: p["spec"].update(roles=["controler"]),
-        lambda p: p["spec"].update(replica=1),
-        lambda p: p.update(apiVersion="kafka.strimzi.io/v1beta2"),
-        lambda p: p["metadata"]["labels"].pop("strimzi.io/cluster"),
-    ]
-    for mistake in mistakes:
-        broken = json.loads(json.dumps(pool))
-        mistake(broken)
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(broken, schema)
+    docs = render()
+    mistakes: dict[str, list[Callable[[dict[str, Any]], object]]] = {
+        "KafkaNodePool": [
+            lambda p: p["spec"].update(roles=["controler"]),
+            lambda p: p["spec"].update(replica=1),
+            lambda p: p.update(apiVersion="kafka.strimzi.io/v1beta2"),
+            lambda p: p["metadata"]["labels"].pop("strimzi.io/cluster"),
+        ],
+        "KafkaUser": [
+            lambda u: u["spec"]["authentication"].update(type="scram-sha-256"),
+            lambda u: u["spec"]["authorization"]["acls"][0].update(operations=["Wirte"]),
+            lambda u: u["spec"]["authorization"]["acls"][0].update(operation="Write"),  # v1beta2
+            lambda u: u["spec"]["authorization"]["acls"][0]["resource"].update(type="topics"),
+            lambda u: u["spec"]["authentication"]["password"]["valueFrom"].update(secretKeyRef={}),
+            lambda u: u["metadata"]["labels"].pop("strimzi.io/cluster"),
+        ],
+        "Kafka": [
+            lambda k: k["spec"]["kafka"]["listeners"][0]["authentication"].update(type="scram"),
+            lambda k: k["spec"]["kafka"]["authorization"].update(type="opa"),
+        ],
+    }
+    for kind, broken_by in mistakes.items():
+        resource = next(d for d in docs if d["kind"] == kind)
+        jsonschema.validate(resource, _strimzi_schema(kind))
+        for mistake in broken_by:
+            broken = json.loads(json.dumps(resource))
+            mistake(broken)
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(broken, _strimzi_schema(kind))
 
 
 def test_strimzi_resources_pass_strimzis_own_crd_validators(
@@ -173,7 +261,7 @@ def test_strimzi_resources_pass_strimzis_own_crd_validators(
         [node, str(script)], input=json.dumps(_strimzi(manifests)), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("ok ") == 3
+    assert done.stdout.count("ok ") == len(_strimzi(manifests))
     bad = json.loads(json.dumps(_strimzi(manifests)))
     bad[0]["spec"]["kafka"]["listeners"][0]["type"] = "internl"
     done = subprocess.run(
@@ -213,26 +301,317 @@ def test_every_container_has_probes_and_limits(manifests: list[dict[str, Any]]) 
         assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests), name
 
 
-def test_no_plaintext_default_password() -> None:
+# --- Credentials: a Secret per holder, least privilege, stable renders ----------------------------
+
+SERVICES = ("gateway", "ingest", "archiver", "counter")
+ENGINES = {
+    "gateway": {"mongodb", "redis"},
+    "ingest": {"kafka"},
+    "archiver": {"kafka", "mongodb"},
+    "counter": {"kafka", "redis"},
+}
+P = "wt-weathertweets-"
+CA = (f"{P}cluster-ca-cert", "ca.crt")  # a public certificate (Strimzi's), not a credential
+# Every (Secret, key) each workload reads: its own Secret's keys, the keys and tokens it needs.
+READS = {
+    "gateway": {(f"{P}gateway-credentials", "mongodb-password"),
+                (f"{P}gateway-credentials", "redis-password"),
+                (f"{P}api-keys", "api-keys"), (f"{P}internal-token", "token")},
+    "ingest": {(f"{P}ingest-credentials", "kafka-password"), (f"{P}internal-token", "token"), CA},
+    "archiver": {(f"{P}archiver-credentials", "kafka-password"),
+                 (f"{P}archiver-credentials", "mongodb-password"), CA},
+    "counter": {(f"{P}counter-credentials", "kafka-password"),
+                (f"{P}counter-credentials", "redis-password"), (f"{P}api-keys", "api-keys"), CA},
+    "mongodb": {(f"{P}mongodb", f"{user}-password") for user in ("root", "archiver", "gateway")},
+    "redis": {(f"{P}redis", f"{user}-password")
+              for user in ("admin", "gateway", "counter", "grafana")},
+    "locust": {(f"{P}api-keys", "api-key")},
+    "locust-worker": {(f"{P}api-keys", "api-key")},
+}  # fmt: skip
+# One per credential: the write key, the internal token, and each engine user's password.
+CREDENTIALS = 12
+
+
+def credentials(docs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Every password, key and token in the chart's Secrets: {(Secret, key): value}."""
+    return {
+        (d["metadata"]["name"], key): value
+        for d in docs
+        if d["kind"] == "Secret"
+        for key, value in d["stringData"].items()
+        if key.endswith("-password") or key in ("token", "api-key")
+    }
+
+
+def test_each_workload_reads_its_own_credentials_and_no_other(
+    manifests: list[dict[str, Any]],
+) -> None:
+    seen = set()
+    for doc in manifests:
+        if doc["kind"] not in WORKLOADS:
+            continue
+        component = doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        reads = secret_references(doc)
+        assert reads == READS[component], doc["metadata"]["name"]
+        for name, _ in reads:  # a service's Secret is read by that service alone
+            if name.endswith("-credentials"):
+                assert name == f"{P}{component}-credentials", (component, name)
+        seen.add(component)
+    assert set(SERVICES) | {"mongodb", "redis"} <= seen
+
+
+def test_a_secret_per_service_holding_only_its_engines_credentials(
+    manifests: list[dict[str, Any]],
+) -> None:
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in manifests if d["kind"] == "Secret"}
+    for service in SERVICES:
+        own = secrets[f"{P}{service}-credentials"]
+        assert set(own) == {f"{engine}-password" for engine in ENGINES[service]}, service
+        for engine in ENGINES[service] - {"kafka"}:  # the server's copy, which made the user
+            assert own[f"{engine}-password"] == secrets[f"{P}{engine}"][f"{service}-password"]
+    values = credentials(manifests)
+    assert len(set(values.values())) == CREDENTIALS  # no two users share a password
+    assert set(secrets[f"{P}api-keys"]["api-keys"].split()) == {secrets[f"{P}api-keys"]["api-key"]}
+
+
+def test_kafka_users_may_do_what_each_service_does_and_nothing_more(
+    manifests: list[dict[str, Any]],
+) -> None:
+    from weathertweets.backends.kafka import parse_url as parse_kafka_url
+    from weathertweets.services import archiver, counter
+
+    users = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in manifests
+        if d["kind"] == "KafkaUser"
+    }
+    assert set(users) == {"ingest", "archiver", "counter"}
+
+    def acls(user: dict[str, Any]) -> set[tuple[str, str, str]]:
+        granted = set()
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert acl.get("type", "allow") == "allow" and "host" not in acl
+            assert resource["patternType"] == "literal"  # never a prefix: exactly these names
+            granted |= {(resource["type"], resource["name"], op) for op in acl["operations"]}
+        return granted
+
+    topic, dlq = "messages", "messages.dlq"
+    assert acls(users["ingest"]) == {("topic", topic, "Write"), ("topic", topic, "Describe")}
+    for service, group in (("archiver", archiver.GROUP), ("counter", counter.GROUP)):
+        assert acls(users[service]) == {
+            ("topic", topic, "Read"), ("topic", topic, "Describe"),  # consume
+            ("group", group, "Read"),  # in its own group
+            ("topic", dlq, "Write"), ("topic", dlq, "Describe"),  # dead letters
+        }, service  # fmt: skip
+
+    kafka = next(d for d in manifests if d["kind"] == "Kafka")
+    cluster = kafka["metadata"]["name"]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]  # no listener without TLS and SCRAM
+    assert (listener["port"], listener["tls"]) == (9093, True)
+    assert listener["authentication"] == {"type": "scram-sha-512"}
+    assert kafka["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+    assert "userOperator" in kafka["spec"]["entityOperator"]
+    topics = {d["spec"]["topicName"] for d in manifests if d["kind"] == "KafkaTopic"}
+    assert topics == {topic, dlq}
+
+    secrets = {d["metadata"]["name"] for d in manifests if d["kind"] == "Secret"}
+    for service, user in users.items():
+        name = user["metadata"]["name"]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        assert user["spec"]["authentication"] == {
+            "type": "scram-sha-512",
+            "password": {"valueFrom": {"secretKeyRef": {
+                "name": f"{P}{service}-credentials", "key": "kafka-password"}}},
+        }  # fmt: skip
+        assert name not in secrets  # Strimzi's User Operator writes a Secret of the user's name
+        docs = manifests
+        env = environment(docs, deployment(docs, service))
+        config = parse_kafka_url(env["WT_BROKER_URL"])
+        assert config == {
+            "bootstrap.servers": f"{cluster}-kafka-bootstrap.project.svc:9093",
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": name,
+            "sasl.password": credentials(docs)[(f"{P}{service}-credentials", "kafka-password")],
+            "ssl.ca.location": "/etc/kafka-ca/ca.crt",
+        }
+        container = deployment(docs, service)["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True} in (
+            container["volumeMounts"]
+        )
+
+
+@pytest.mark.parametrize("anonymous", [False, True], ids=["keys", "anonymous"])
+def test_each_service_starts_with_what_the_chart_gives_it(anonymous: bool, tmp_path: Path) -> None:
+    """The CLI refuses to listen beyond loopback without keys (gateway, counter) or without the
+    internal token (ingest): each service gets what it needs, and its URLs read as meant."""
+    from pymongo.uri_parser import parse_uri
+
+    from weathertweets.config import SettingError, Settings
+    from weathertweets.runtime import check_exposure
+
+    docs = render("--set", f"auth.allowAnonymous={str(anonymous).lower()}")
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    keys_file = tmp_path / "api-keys"
+    for service in SERVICES:
+        env = environment(docs, deployment(docs, service))
+        assert env["WT_ALLOW_ANONYMOUS"] == ("1" if anonymous else "0")
+        if "WT_API_KEYS_FILE" in env:
+            keys_file.write_text(secrets[f"{P}api-keys"]["api-keys"])
+            env["WT_API_KEYS_FILE"] = str(keys_file)
+        assert ("WT_API_KEYS_FILE" in env) is (service in ("gateway", "counter") and not anonymous)
+        check_exposure(Settings.from_env(env), [service])  # would exit 2 otherwise
+        own = secrets.get(f"{P}{service}-credentials", {})
+        if "mongodb" in ENGINES[service]:
+            uri = parse_uri(env["WT_STORE_URL"])
+            assert (uri["username"], uri["password"]) == (service, own["mongodb-password"])
+            assert uri["database"] == uri["options"]["authSource"] == "weathertweets"
+            assert (uri["options"]["w"], uri["options"]["journal"]) == ("majority", True)
+        if "redis" in ENGINES[service]:
+            url = urlsplit(env["WT_COUNTER_URL"])
+            assert (url.username, url.password) == (service, own["redis-password"])
+        if service in ("gateway", "ingest"):
+            assert env["WT_INTERNAL_TOKEN"] == secrets[f"{P}internal-token"]["token"]
+        else:
+            assert "WT_INTERNAL_TOKEN" not in env
+    gateway = environment(docs, deployment(docs, "gateway"))
+    if not anonymous:  # the control: without its keys, the gateway would not start
+        gateway.pop("WT_API_KEYS_FILE")
+        with pytest.raises(SettingError, match="WT_API_KEYS"):
+            check_exposure(Settings.from_env(gateway), ["gateway"])
+    assert (f"{P}api-keys" in secrets) is not anonymous
+
+
+def test_anonymous_writes_are_a_choice_that_takes_no_keys() -> None:
+    docs = render("--set", "auth.allowAnonymous=true", "--set", "locust.enabled=true")
+    assert f"{P}api-keys" not in {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    for component in ("gateway", "counter", "locust"):
+        assert not {name for name, _ in secret_references(workload(docs, component))} & {
+            f"{P}api-keys"
+        }
+    contradiction = helm(
+        "template", "wt", str(CHART), "--set", "auth.allowAnonymous=true",
+        "--set", "auth.apiKeys={0123456789abcdef}",
+    )  # fmt: skip
+    assert "auth.allowAnonymous opens writes to anyone" in contradiction.stderr
+
+
+def test_credentials_are_random_per_install_and_stable_with_a_seed() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["mongodb"]["auth"]["password"] == ""
-    assert values["redis"]["auth"]["password"] == ""
-    first, second = render(), render()
-    secrets = [
-        {d["metadata"]["name"]: d.get("stringData", {}) for d in docs if d["kind"] == "Secret"}
-        for docs in (first, second)
-    ]
-    name = "wt-weathertweets-secrets"
-    for key in ("mongodb-password", "redis-password"):
-        password = secrets[0][name][key]
-        assert len(password) >= 24 and password.isalnum()
-        assert password != secrets[1][name][key]  # generated per install, not a constant
-    for _, container, _ in containers(first):
+    assert values["secretSeed"] == "" and values["auth"]["apiKeys"] == []
+    assert values["auth"]["internalToken"]["value"] == ""
+    for section in (values["mongodb"], values["redis"], values["kafka"]["strimzi"]):
+        passwords = {k: v for k, v in section["auth"].items() if k.endswith("Password")}
+        assert passwords and set(passwords.values()) == {""}  # never a default password
+
+    first, second = credentials(render()), credentials(render())
+    for where, value in first.items():
+        assert len(value) >= 24 and value.isalnum(), where
+        assert value != second[where], where  # generated per install, never a constant
+
+    seed = ["--set", "secretSeed=" + "0123456789abcdefghijklmnopqrstuv-1"]
+    seeded = render(*seed)
+    assert credentials(seeded) == credentials(render(*seed))  # GitOps: the same every render
+    other = credentials(render("--set", "secretSeed=" + "0123456789abcdefghijklmnopqrstuv-2"))
+    assert not set(credentials(seeded).values()) & set(other.values())
+    assert len(set(credentials(seeded).values())) == CREDENTIALS
+    assert "0123456789abcdefghijklmnopqrstuv" not in yaml.safe_dump_all(seeded)
+
+    given = credentials(render(*seed, "--set", "redis.auth.gatewayPassword=given-password-0123"))
+    assert given[(f"{P}gateway-credentials", "redis-password")] == "given-password-0123"
+    assert given[(f"{P}redis", "gateway-password")] == "given-password-0123"
+
+    docs = render("-f", str(ALL_ON))
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    values_seen = set(credentials(docs).values())
+    for doc in docs:  # no credential outside a Secret, ever
+        if doc["kind"] != "Secret":
+            text = yaml.safe_dump(doc)
+            assert not [v for v in values_seen if v in text], doc["metadata"]["name"]
+    for _, container, _ in containers(docs):
         for variable in container.get("env", []):
-            if "PASSWORD" in variable["name"]:
+            if "PASSWORD" in variable["name"] or variable["name"].endswith("TOKEN"):
                 assert "valueFrom" in variable and "value" not in variable, variable
-    datasource = secrets[0]["wt-weathertweets-grafana-redis"]["weathertweets-redis.yaml"]
-    assert secrets[0][name]["redis-password"] in datasource
+    datasource = yaml.safe_load(secrets[f"{P}grafana-redis"]["weathertweets-redis.yaml"])
+    (source,) = datasource["datasources"]
+    assert source["jsonData"] == {"acl": True, "user": "grafana"}  # the read-only user
+    assert source["secureJsonData"]["password"] == secrets[f"{P}redis"]["grafana-password"]
+
+
+def test_existing_secrets_keep_every_credential_out_of_the_chart() -> None:
+    existing = [
+        "--set", "auth.existingSecret=my-keys",
+        "--set", "auth.internalToken.existingSecret=my-token",
+        "--set", "mongodb.auth.existingSecret=my-mongo",
+        "--set", "redis.auth.existingSecret=my-redis",
+        "--set", "kafka.strimzi.auth.existingSecret=my-kafka",
+        "--set", "locust.enabled=true",
+        "--set", "dashboards.redisDatasource=false",
+    ]  # fmt: skip
+    docs = render(*existing)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == []
+    ca = (f"{P}cluster-ca-cert", "ca.crt")
+    assert secret_references(workload(docs, "gateway")) == {
+        ("my-mongo", "gateway-password"), ("my-redis", "gateway-password"),
+        ("my-keys", "api-keys"), ("my-token", "token"),
+    }  # fmt: skip
+    assert secret_references(workload(docs, "ingest")) == {
+        ("my-kafka", "ingest-password"),
+        ("my-token", "token"),
+        ca,
+    }
+    assert secret_references(workload(docs, "archiver")) == {
+        ("my-kafka", "archiver-password"),
+        ("my-mongo", "archiver-password"),
+        ca,
+    }
+    assert secret_references(workload(docs, "counter")) == {
+        ("my-kafka", "counter-password"),
+        ("my-redis", "counter-password"),
+        ("my-keys", "api-keys"),
+        ca,
+    }
+    assert secret_references(workload(docs, "mongodb")) == {
+        ("my-mongo", f"{user}-password") for user in ("root", "archiver", "gateway")
+    }
+    assert secret_references(workload(docs, "redis")) == {
+        ("my-redis", f"{user}-password") for user in ("admin", "gateway", "counter", "grafana")
+    }
+    assert secret_references(workload(docs, "locust")) == {("my-keys", "api-key")}
+    for user in (d for d in docs if d["kind"] == "KafkaUser"):
+        ref = user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]
+        component = user["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert ref == {"name": "my-kafka", "key": f"{component}-password"}
+    # Grafana's datasource needs the password when the chart renders: say so, never render a
+    # datasource that cannot log in.
+    refused = helm("template", "wt", str(CHART), *existing[:-2])
+    assert "set dashboards.redisDatasource=false" in refused.stderr
+
+
+@pytest.mark.parametrize("profile", ["default", "production"])
+def test_durability_settings(profile: str) -> None:
+    docs = render(*PROFILES[profile])
+    brokers = 3 if profile == "production" else 1
+    pool = next(d for d in docs if d["kind"] == "KafkaNodePool")
+    assert pool["spec"]["replicas"] == brokers
+    kafka = next(d for d in docs if d["kind"] == "Kafka")["spec"]["kafka"]["config"]
+    assert kafka["default.replication.factor"] == brokers
+    assert kafka["min.insync.replicas"] == min(2, brokers)
+    for topic in (d for d in docs if d["kind"] == "KafkaTopic"):
+        assert topic["spec"]["replicas"] == brokers
+        assert topic["spec"]["config"]["min.insync.replicas"] == min(2, brokers)
+    redis_conf = next(
+        d for d in docs if d["metadata"]["name"] == f"{P}redis" and d["kind"] == "ConfigMap"
+    )
+    lines = redis_conf["data"]["redis.conf"].splitlines()
+    assert {"appendonly yes", "appendfsync always", "maxmemory-policy noeviction"} <= set(lines)
+    for service in ("gateway", "archiver"):
+        assert (
+            "w=majority&journal=true"
+            in environment(docs, deployment(docs, service))["WT_STORE_URL"]
+        )
 
 
 def test_every_workload_is_covered_by_a_network_policy(manifests: list[dict[str, Any]]) -> None:
@@ -310,6 +689,10 @@ def test_locust_job_is_fed_by_the_generated_data() -> None:
     assert workers["parallelism"] == workers["completions"] == 2
     master = jobs["locust"]["spec"]["template"]["spec"]["containers"][0]
     assert "--expect-workers=2" in master["args"]
+    for job in jobs.values():  # every Locust process sends the write key
+        key = next(e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+                   if e["name"] == "WT_API_KEY")  # fmt: skip
+        assert key["valueFrom"]["secretKeyRef"] == {"name": f"{P}api-keys", "key": "api-key"}
 
 
 # --- Image, compose, dashboards -----------------------------------------------------------------

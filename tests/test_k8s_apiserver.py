@@ -8,6 +8,7 @@ scheduled, no Job runs, no Strimzi operator acts (its kinds are checked through 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +18,15 @@ import pytest
 import yaml
 
 from tests.kube import Cluster, require_cluster, warnings
-from tests.test_deploy import ALL_ON, CHART
+from tests.test_deploy import ALL_ON, CHART, PROFILES
 
-VALUES = {"default": [], "all-on": ["-f", str(ALL_ON)]}
+VALUES = PROFILES  # default, all-on, production
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 NEW_TAG = f"{APP_VERSION}-next"
 # Every kind the chart makes and `helm uninstall` must take away again.
 KINDS = (
     "deploy,statefulset,job,service,configmap,secret,ingress,networkpolicy,pdb,hpa,"
-    "kafka,kafkanodepool,kafkatopic,servicemonitor"
+    "kafka,kafkanodepool,kafkatopic,kafkauser,servicemonitor"
 )
 
 
@@ -112,6 +113,15 @@ def jobs(cluster: Cluster, namespace: str, release: str) -> dict[str, str]:
     }
 
 
+def credentials(cluster: Cluster, namespace: str, release: str) -> dict[str, dict[str, str]]:
+    """{Secret: data} of a release's Secrets."""
+    return {
+        item["metadata"]["name"]: item["data"]
+        for item in release_objects(cluster, namespace, release)
+        if item["kind"] == "Secret"
+    }
+
+
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     name = cluster.namespace()
@@ -125,7 +135,8 @@ def test_install_upgrade_a_second_release_and_uninstall(cluster: Cluster, namesp
     succeeds(cluster.helm("install", "wt", str(CHART), *values))
     first_jobs = jobs(cluster, namespace, "wt")
     assert len(first_jobs) == 2 and all(i.endswith(f":{APP_VERSION}") for i in first_jobs.values())
-    secret = cluster.get("secret", "wt-weathertweets-secrets", "-n", namespace)["data"]
+    secrets = credentials(cluster, namespace, "wt")
+    assert len(secrets) == 9  # 4 services, keys, token, MongoDB, Redis, Grafana's datasource
 
     succeeds(cluster.helm("upgrade", "wt", str(CHART), *values, "--set", f"image.tag={NEW_TAG}"))
     status = json.loads(cluster.helm("status", "wt", "-n", namespace, "-o", "json").stdout)
@@ -133,8 +144,8 @@ def test_install_upgrade_a_second_release_and_uninstall(cluster: Cluster, namesp
     upgraded = jobs(cluster, namespace, "wt")
     assert len(upgraded) == 2 and all(i.endswith(f":{NEW_TAG}") for i in upgraded.values())
     assert not set(upgraded) & set(first_jobs)  # new Jobs, the old ones removed
-    # lookup(): the generated passwords survive the upgrade
-    assert cluster.get("secret", "wt-weathertweets-secrets", "-n", namespace)["data"] == secret
+    # lookup(): every generated password, key and token survives the upgrade
+    assert credentials(cluster, namespace, "wt") == secrets
 
     succeeds(cluster.helm("install", "wt2", str(CHART), *values))
     listed = json.loads(cluster.helm("list", "-n", namespace, "-o", "json").stdout)
@@ -170,3 +181,43 @@ def test_storage_changes_need_the_documented_migration(cluster: Cluster, namespa
     recreated = cluster.get(*sts)
     claim = recreated["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
     assert claim == "20Gi"
+
+
+def test_the_production_profile_installs_upgrades_and_uninstalls(
+    cluster: Cluster, namespace: str
+) -> None:
+    values = ["-n", namespace, *VALUES["production"]]
+    succeeds(cluster.helm("install", "wt", str(CHART), *values))
+    users = {
+        item["metadata"]["name"]
+        for item in release_objects(cluster, namespace, "wt")
+        if item["kind"] == "KafkaUser"
+    }
+    assert users == {f"wt-weathertweets-{s}" for s in ("ingest", "archiver", "counter")}
+    pool = cluster.get("kafkanodepool", "wt", "-n", namespace)
+    assert pool["spec"]["replicas"] == 3
+    secrets = credentials(cluster, namespace, "wt")
+    succeeds(cluster.helm("upgrade", "wt", str(CHART), *values, "--set", f"image.tag={NEW_TAG}"))
+    assert credentials(cluster, namespace, "wt") == secrets
+    succeeds(cluster.helm("uninstall", "wt", "-n", namespace))
+    assert release_objects(cluster, namespace, "wt") == []
+
+
+def test_a_seeded_release_holds_what_its_render_says(cluster: Cluster, namespace: str) -> None:
+    """GitOps: with secretSeed, the credentials a `helm template` renders (no cluster to look
+    anything up) are those an installed release holds, and an upgrade keeps them."""
+    seed = ["--set", "secretSeed=" + "gitops-seed-0123456789abcdefghijklmnop"]
+    rendered = {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in yaml.safe_load_all(template(cluster, namespace, *seed))
+        if doc and doc["kind"] == "Secret"
+    }
+    succeeds(cluster.helm("install", "wt", str(CHART), "-n", namespace, *seed))
+    held = credentials(cluster, namespace, "wt")
+    decoded = {
+        name: {key: base64.b64decode(value).decode() for key, value in data.items()}
+        for name, data in held.items()
+    }
+    assert decoded == rendered
+    succeeds(cluster.helm("upgrade", "wt", str(CHART), "-n", namespace, *seed))
+    assert credentials(cluster, namespace, "wt") == held

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make chart`: install Helm (once, with Go, into .cache/engines/bin), lint the chart, and render
-# it with its default values into build/chart/default.yaml and with every toggle on into
-# build/chart/all.yaml.
+# it with its default values into build/chart/default.yaml, with every toggle on into
+# build/chart/all.yaml, and with the durable profile into build/chart/production.yaml.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CHART=$ROOT/deploy/helm/weathertweets
@@ -21,8 +21,11 @@ fi
 mkdir -p "$ROOT/build/chart"
 "$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet
 "$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet -f "$CHART/ci/all-on-values.yaml"
+"$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet -f "$CHART/ci/production-values.yaml"
 "$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
   >"$ROOT/build/chart/default.yaml"
 "$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
   -f "$CHART/ci/all-on-values.yaml" >"$ROOT/build/chart/all.yaml"
-echo "chart: rendered build/chart/default.yaml and build/chart/all.yaml (Kubernetes $KUBE_VERSION)"
+"$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
+  -f "$CHART/ci/production-values.yaml" >"$ROOT/build/chart/production.yaml"
+echo "chart: rendered build/chart/{default,all,production}.yaml (Kubernetes $KUBE_VERSION)"

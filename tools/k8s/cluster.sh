@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Kubernetes API server for testing the chart: etcd and kube-apiserver v1.33.5 on 127.0.0.1,
 # TLS (openssl), a static admin token, RBAC and the default admission plugins (PodSecurity
-# included), with the ServiceMonitor and Strimzi CRDs registered. No kubelet, no controllers:
+# included), with the ServiceMonitor and Strimzi CRDs registered (again by `up` on a running
+# server, so that one started before a CRD was added gets it). No kubelet, no controllers:
 # objects are validated, admitted and stored, and nothing runs.
 #
 #   tools/k8s/cluster.sh up       # build once (tools/k8s/build.sh), start, write the kubeconfig
@@ -171,11 +172,13 @@ register_crds() {
     -f "$RUN/strimzi-crds.json" >/dev/null
   kubectl wait --for condition=Established --timeout 60s \
     crd/servicemonitors.monitoring.coreos.com crd/kafkas.kafka.strimzi.io \
-    crd/kafkanodepools.kafka.strimzi.io crd/kafkatopics.kafka.strimzi.io >/dev/null
+    crd/kafkanodepools.kafka.strimzi.io crd/kafkatopics.kafka.strimzi.io \
+    crd/kafkausers.kafka.strimzi.io >/dev/null
 }
 
 up() {
   if ours kube-apiserver >/dev/null && ours etcd >/dev/null && [[ -f $KUBECONFIG_FILE ]]; then
+    register_crds # idempotent: a server started before a CRD was added gets it now
     say "already running: export KUBECONFIG=$KUBECONFIG_FILE"
     return 0
   fi

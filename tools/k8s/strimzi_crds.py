@@ -1,7 +1,7 @@
-"""Structural CustomResourceDefinitions for Strimzi's Kafka, KafkaNodePool and KafkaTopic, made
-from the chart's own JSON Schema subsets in deploy/schemas/strimzi (Strimzi's CRD YAML is in no
-registry this project reaches). The API server then checks our resources against the subset:
-types, enums, patterns, required fields, and unknown fields under `--validate=strict`.
+"""Structural CustomResourceDefinitions for Strimzi's Kafka, KafkaNodePool, KafkaTopic and
+KafkaUser, made from the chart's own JSON Schema subsets in deploy/schemas/strimzi (Strimzi's CRD
+YAML is in no registry this project reaches). The API server then checks our resources against
+the subset: types, enums, patterns, required fields, and unknown fields under `--validate=strict`.
 
     python3 tools/k8s/strimzi_crds.py deploy/schemas/strimzi > crds.json   # a v1 List
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 GROUP = "kafka.strimzi.io"
-KINDS = ("Kafka", "KafkaNodePool", "KafkaTopic")
+KINDS = ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser")
 # Keywords a CRD schema takes as they are (OpenAPI v3 as Kubernetes reads it).
 KEPT = ("description", "pattern", "minimum", "maximum", "maxLength", "minLength", "minItems")
 Schema = dict[str, Any]
