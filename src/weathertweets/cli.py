@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +114,7 @@ def cmd_load(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 batch=args.batch,
                 progress=progress,
+                api_key=args.api_key or os.environ.get("WT_API_KEY") or None,
             )
         )
     Console().print(summary(outcome, args.batch))
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-c", type=int, default=32, help="concurrent requests (default 32)")
     load.add_argument("--rate", type=float, default=0, help="requests per second (0: no limit)")
     load.add_argument("--batch", type=int, default=0, help="tweets per request to /api/v1/tweets")
+    load.add_argument(
+        "--api-key", default=None, help="bearer key of a keyed deployment (default: $WT_API_KEY)"
+    )
     load.set_defaults(func=cmd_load)
     return parser
 
