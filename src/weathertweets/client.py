@@ -93,7 +93,10 @@ def _error(response: httpx.Response) -> ApiError:
 def _decode(response: httpx.Response, kind: type[T]) -> T:
     if response.status_code >= 400:
         raise _error(response)
-    return msgspec.json.decode(response.content, type=kind)
+    try:
+        return msgspec.json.decode(response.content, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ApiError(response.status_code, "unexpected_answer", str(error)) from error
 
 
 @dataclass
@@ -210,7 +213,9 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
-        limits = httpx.Limits(max_connections=max_connections)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport, limits=limits
         )
