@@ -317,3 +317,17 @@ async def test_junk_texts_cannot_grow_the_redis_counters_without_bound() -> None
     assert all(size <= 6 for size in sizes), sizes  # the cap, plus the 20 % slack
     assert stats.countries["Chile"] == stats.total == 210  # totals stay exact
     assert stats.top_texts[0] == ("Sol", 10)
+
+
+async def test_an_answer_for_an_expired_key_does_not_poison_it() -> None:
+    from weathertweets.backends.redis_idempotency import RedisIdempotency
+
+    namespace = RealNamespace.fresh()
+    keys = RedisIdempotency(namespace.env["WT_COUNTER_URL"], namespace.env["WT_COUNTER_PREFIX"])
+    await keys.start()
+    try:
+        await keys.complete("caller", "gone", 202, b"{}")  # the claim expired meanwhile
+        claim = await keys.claim("caller", "gone", "fp", 123)
+        assert (claim.fingerprint, claim.received_at_us, claim.status) == ("fp", 123, None)
+    finally:
+        await keys.close()

@@ -292,3 +292,29 @@ async def test_texts_per_country_are_capped_to_the_most_counted(
     await counters.close()
     assert len(texts) == 3 and texts["Sol"] == 5
     assert stats.countries["Chile"] == 55 and stats.total == 55
+
+
+async def test_odd_digits_in_a_query_are_422_not_500(http: httpx.AsyncClient) -> None:
+    for query in ("top=%C2%B2", "top=\xb2"):
+        answer = await http.get(f"/api/v1/stats?{query}")
+        assert answer.status_code == 422, query
+
+
+async def test_set_with_a_key_replays_its_first_answer(tmp_path: Path) -> None:
+    gateway = await _gateway(tmp_path, RecordingPublisher())
+    headers = {**WRITE, "idempotency-key": "set-replay"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+    ) as http:
+        first = await http.post("/set", json={"Pais": "Chile", "Texto": "Sol"}, headers=headers)
+        again = await http.post("/set", json={"Pais": "Chile", "Texto": "Sol"}, headers=headers)
+    assert first.text == again.text == "Data set"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_batch_counting_stops_early_and_refuses_other_fields() -> None:
+    batch = ingest_pb2.TweetBatch(tweets=[ingest_pb2.Tweet(texto="a", pais="b")] * 50)
+    assert count_field(batch.SerializeToString(), 1, stop_after=10) == 11
+    with pytest.raises(ValueError, match="unexpected field"):
+        count_field(b"\x10\x00" * 100, 1)  # field 2 varints, not tweets

@@ -72,11 +72,16 @@ class Observed:
         status = 500
         started = time.perf_counter()
 
+        counted = True
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, counted
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id)]
+                if (b"content-type", b"text/event-stream") in message["headers"] and counted:
+                    counted = False  # a live stream is capped by its feed, not by this count
+                    self._in_flight -= 1
             await send(message)
 
         self._in_flight += 1
@@ -86,7 +91,8 @@ class Observed:
             else:
                 await self.app(scope, receive, send_with_id)  # type: ignore[misc]
         finally:
-            self._in_flight -= 1
+            if counted:
+                self._in_flight -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route", "unmatched")
             HTTP_REQUESTS.labels(self.service, route, str(status)).inc()

@@ -16,9 +16,10 @@ from weathertweets.domain import MAX_TEXTO, InvalidTweet, Tweet, clean_country, 
 from weathertweets.ids import ALPHABET, new_id
 from weathertweets.proto import ingest_pb2
 
-# A retried keyed write keeps its first time: up to a day (and an hour's margin) in the past.
-PAST_US = 25 * 3600 * 1_000_000
 FUTURE_US = 60 * 1_000_000  # clock skew between hosts
+# A retried keyed write keeps its first time, for as long as its key lives (25 h): accept that
+# and an hour more, so clock skew never turns a late retry into a lost tweet.
+PAST_US = 26 * 3600 * 1_000_000
 _ID_CHARS = frozenset(ALPHABET)
 
 
@@ -64,16 +65,20 @@ def unique_ids(tweets: Sequence[Tweet]) -> None:
         raise InvalidTweet("the batch repeats an id", "id")
 
 
-def count_field(data: bytes, number: int) -> int:
+def count_field(data: bytes, number: int, stop_after: int | None = None) -> int:
     """How many times top-level field `number` occurs in an encoded message, read from its
-    tags alone: the size of a batch before anything in it is decoded. Raises ValueError on
-    bytes that are not protobuf."""
+    tags alone: the size of a batch before anything in it is decoded. Stops once the count
+    passes `stop_after`, so its cost is bounded too. Raises ValueError on bytes that are not
+    protobuf, or that carry any other top-level field."""
     count, at, end = 0, 0, len(data)
     while at < end:
         tag, at = _varint(data, at)
         kind = tag & 7
-        if tag >> 3 == number:
-            count += 1
+        if tag >> 3 != number:
+            raise ValueError(f"unexpected field {tag >> 3}")
+        count += 1
+        if stop_after is not None and count > stop_after:
+            return count
         if kind == 0:
             _, at = _varint(data, at)
         elif kind == 1:

@@ -14,8 +14,14 @@ from redis.exceptions import RedisError
 
 from weathertweets.ports import BackendUnavailable, Claim
 
+COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
+end
+"""
 CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], 'fp') == 0 then
+  redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'at', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
@@ -28,6 +34,7 @@ class RedisIdempotency:
         self._prefix, self._ttl = prefix, ttl
         self._redis = Redis.from_url(url, socket_timeout=5)
         self._claim = self._redis.register_script(CLAIM)
+        self._complete = self._redis.register_script(COMPLETE)
 
     def _key(self, scope: str, key: str) -> str:
         return f"{self._prefix}idem:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
@@ -50,7 +57,7 @@ class RedisIdempotency:
 
     async def complete(self, scope: str, key: str, status: int, body: bytes) -> None:
         try:
-            await self._redis.hset(self._key(scope, key), mapping={"status": status, "body": body})
+            await self._complete(keys=[self._key(scope, key)], args=[status, body])
         except RedisError as error:
             raise BackendUnavailable(f"Redis: {error}") from error
 

@@ -35,6 +35,7 @@ def count_sink(counters: Counters) -> Sink:
 
 
 DATA_SET = Response(200, b"Data set", b"text/plain; charset=utf-8")
+REPLAYED = [(b"idempotent-replayed", b"true")]
 
 
 def set_handler(
@@ -58,6 +59,8 @@ def set_handler(
         tweet_id = None
         if key is not None:
             claim = await guard.claim(caller, key, "set", [(texto, pais)])
+            if claim.status is not None:
+                return Response(DATA_SET.status, DATA_SET.body, DATA_SET.content_type, REPLAYED)
             tweet_id = keyed_tweets(caller, key, claim, [(texto, pais)])[0].id
         try:
             await counters.increment(pais, texto, classify(texto), id=tweet_id)
@@ -65,6 +68,8 @@ def set_handler(
             if key is not None:
                 raise outcome_unknown(str(error)) from error
             raise unavailable(str(error)) from error
+        if key is not None:
+            await guard.complete(caller, key, DATA_SET)
         return DATA_SET
 
     return handle

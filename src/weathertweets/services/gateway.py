@@ -24,7 +24,16 @@ from weathertweets.services.errors import APP_ERRORS, REJECTION_REASONS
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, add_ops_routes
 from weathertweets.services.writes import WriteGuard
-from weathertweets.web import Handler, HTTPError, Request, Response, Router, Scope, parse_json
+from weathertweets.web import (
+    Handler,
+    HTTPError,
+    Request,
+    Response,
+    Router,
+    Scope,
+    parse_json,
+    unavailable,
+)
 
 SINGLE_BODY_LIMIT = 64 * 1024
 READ_TIMEOUT = 2.5  # seconds a read waits for the store or the counters
@@ -47,10 +56,14 @@ class Budget:
         self._changed = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def hold(self, units: int) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used + units <= self.capacity)
-            self.used += units
+    async def hold(self, units: int, wait: float = 5.0) -> AsyncIterator[None]:
+        """Waits at most `wait` seconds for room, then 503: a slow sender cannot queue everyone."""
+        try:
+            async with asyncio.timeout(wait), self._changed:
+                await self._changed.wait_for(lambda: self.used + units <= self.capacity)
+                self.used += units
+        except TimeoutError:
+            raise unavailable("too many large batches in progress; retry soon") from None
         try:
             yield
         finally:
@@ -97,7 +110,7 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise HTTPError(422, "invalid", f"'{name}' must be an integer from {low} to {high}", name)
     return int(raw)
 
@@ -206,9 +219,10 @@ class Gateway:
         # Batches in progress hold at most BATCH_BYTES_IN_FLIGHT of bodies (a missing length
         # counts as the largest body): the others wait with their bodies still in the socket,
         # so peak memory stays bounded however many clients send at once.
+        self._guard.admit(request)  # a caller with no right to write never waits in line
         declared = request.header(b"content-length")
-        size = int(declared) if declared and declared.isdigit() else BATCH_BODY_LIMIT
-        async with self._batch_bytes.hold(min(size, BATCH_BODY_LIMIT)):
+        size = int(declared) if declared and declared.isascii() and declared.isdigit() else 0
+        async with self._batch_bytes.hold(min(size or BATCH_BODY_LIMIT, BATCH_BODY_LIMIT)):
             return await self._traced_batch(request)
 
     async def _traced_batch(self, request: Request) -> Response:
@@ -330,6 +344,8 @@ class Gateway:
         return Response(200, await self._feed().snapshot())
 
     async def live_events(self, _: Request) -> Response:
+        if self._feed().full:
+            raise unavailable("too many live viewers on this process; retry later", 5)
         headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         return Response(200, b"", b"text/event-stream", headers, stream=self._feed().subscribe())
 

@@ -146,8 +146,17 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
     the caller's `x-request-id` metadata becomes the request id of our log lines. Requests are
     decoded here, after their size is checked on the raw bytes."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, token: str = "") -> None:
         self._max_batch = max_batch
+        self._token = token.encode()
+
+    async def _authenticate(self, metadata: dict[str, Any], context: Any) -> None:
+        """With a token, a batch is looked at only once its caller is known."""
+        sent = str(metadata.get("authorization", "")).encode()
+        if self._token and not hmac.compare_digest(sent, b"Bearer " + self._token):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "this service needs the internal token"
+            )
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
@@ -165,6 +174,8 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
             token = REQUEST_ID.set(metadata.get("x-request-id"))
             code = "OK"
             try:
+                if limit is not None:
+                    await self._authenticate(metadata, context)
                 request = await _decoded(raw, decode, limit, context)
                 return await inner(request, context)
             except Exception:
@@ -187,7 +198,7 @@ async def _decoded(
     """The request, decoded only once it is known to be small enough: a bad or oversized
     message is INVALID_ARGUMENT with a short reason, never a Python error."""
     try:
-        if limit is not None and count_field(raw, 1) > limit:
+        if limit is not None and count_field(raw, 1, stop_after=limit) > limit:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"tweets: at most {limit} in one batch"
             )
@@ -206,7 +217,7 @@ async def start_ingest_server(
 ) -> grpc.aio.Server:
     """The ingest services, plus the standard gRPC health service (`grpc.health.v1.Health`):
     SERVING for "" and both service names while the process runs."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed(max_batch)])
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_Observed(max_batch, token)])
     local = is_loopback(address.rsplit(":", 1)[0])
     service = IngestService(
         broker, accept_unknown_countries, token=token, trust_unauthenticated=local

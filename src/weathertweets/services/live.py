@@ -25,6 +25,7 @@ from weathertweets.ports import BackendUnavailable, Counters, Store
 
 log = logging.getLogger("weathertweets.live")
 HISTORY_SECONDS = 600
+MAX_VIEWERS = 200  # open live streams per process; more get 503
 PERIOD = 1.0
 SAMPLE_EVERY = 5.0  # the tweets/s history is kept even while no one watches
 
@@ -75,6 +76,10 @@ class LiveFeed:
         if self._task is None or self._latest is None:
             self._latest = msgspec.json.encode(await self._build())
         return self._latest
+
+    @property
+    def full(self) -> bool:
+        return self._viewers >= MAX_VIEWERS
 
     async def subscribe(self) -> AsyncIterator[bytes]:
         """Server-sent events: one `data:` line per snapshot, until the viewer leaves."""

@@ -132,10 +132,15 @@ class WriteGuard:
         tweets = keyed_tweets(caller, key, claim, pairs)
         await self._publish(publish, tweets)
         response = answer(tweets)
-        assert self._idempotency is not None
-        with contextlib.suppress(BackendUnavailable):  # a retry republishes the same ids
-            await self._idempotency.complete(caller, key, response.status, response.body)
+        await self.complete(caller, key, response)
         return response
+
+    async def complete(self, caller: str, key: str, response: Response) -> None:
+        """Remember the answer for the key's retries (best effort: a retry that finds none
+        republishes the same ids, and the sinks keep one of each)."""
+        if self._idempotency is not None:
+            with contextlib.suppress(BackendUnavailable):
+                await self._idempotency.complete(caller, key, response.status, response.body)
 
     @staticmethod
     async def _publish(publish: Publish, tweets: list[Tweet]) -> None:
