@@ -101,7 +101,9 @@ def test_hostile_http_gets_4xx_and_bounded_memory(pipeline: Pipeline) -> None:
 
 
 def test_hostile_grpc_is_invalid_argument_and_memory_stays_flat(pipeline: Pipeline) -> None:
+    pipeline.env = {"WT_INTERNAL_TOKEN": "t0k3n"}
     pipeline.start()
+    auth = (("authorization", "Bearer t0k3n"),)
     assert pipeline.process is not None and pipeline.process.proc is not None
     pid = pipeline.process.proc.pid
     before = _rss_kb(pid)
@@ -113,9 +115,12 @@ def test_hostile_grpc_is_invalid_argument_and_memory_stays_flat(pipeline: Pipeli
         raw_batch = channel.unary_unary("/weathertweets.v1.TweetIngest/PublishBatch")
         for payload in (million, b"\xff\xfe garbage"):
             with pytest.raises(grpc.RpcError) as refused:
-                raw_batch(payload, timeout=30)
+                raw_batch(payload, timeout=30, metadata=auth)  # even the gateway may not
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
             assert len(refused.value.details() or "") < 200
+            with pytest.raises(grpc.RpcError) as stranger:
+                raw_batch(payload, timeout=30)  # anyone else is turned away before a look
+            assert stranger.value.code() == grpc.StatusCode.UNAUTHENTICATED
         stub = ingest_pb2_grpc.TweetIngestStub(channel)
         foreign = to_pb(make_tweet("Sol", "Chile"))
         with pytest.raises(grpc.RpcError) as anonymous:
