@@ -20,8 +20,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 """
 CLAIM = """
-if redis.call('HEXISTS', KEYS[1], 'fp') == 0 then
-  redis.call('DEL', KEYS[1])
+if not redis.call('HGET', KEYS[1], 'fp') then
+  redis.call('HDEL', KEYS[1], 'status', 'body')
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'at', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
