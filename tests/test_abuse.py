@@ -216,16 +216,20 @@ async def _send_retrying(
     return accepted
 
 
+def _up(tmp_path: Path, env: dict[str, str]) -> tuple[ServiceProcess, str]:
+    """`weathertweets up` on free ports with these engines; its gateway's URL."""
+    env = {**env, "WT_PORT": str(free_port()), "WT_INGEST_PORT": str(free_port())}
+    command = ["up", "--data-dir", str(tmp_path / "up")]
+    return ServiceProcess(
+        command, tmp_path / "up.log", env
+    ).start(), f"http://127.0.0.1:{env['WT_PORT']}"
+
+
 def test_kafka_stalled_while_clients_retry_with_keys_is_exact(tmp_path: Path) -> None:
     kafka = PrivateKafka(tmp_path)
     kafka.start()
     namespace = RealNamespace.fresh()
-    env = {**namespace.env, "WT_BROKER_URL": kafka.url, "WT_PORT": str(free_port())}
-    env["WT_INGEST_PORT"] = str(free_port())
-    up = ServiceProcess(
-        ["up", "--data-dir", str(tmp_path / "up")], tmp_path / "up.log", env
-    ).start()
-    url = f"http://127.0.0.1:{env['WT_PORT']}"
+    up, url = _up(tmp_path, {**namespace.env, "WT_BROKER_URL": kafka.url})
     records = generate(400, seed=81)
     try:
         up.wait_ready(url + "/readyz", timeout=90)
@@ -256,13 +260,9 @@ def test_a_stalled_store_or_counters_is_503_within_3_s_then_exact(
     engine.start()
     namespace = RealNamespace.fresh()
     key = "WT_COUNTER_URL" if stalled == "redis" else "WT_STORE_URL"
-    env = {**namespace.env, key: engine.url, "WT_PORT": str(free_port())}
-    env["WT_INGEST_PORT"] = str(free_port())
+    env = {**namespace.env, key: engine.url}
     namespace = RealNamespace(env, namespace.tag) if stalled == "redis" else namespace
-    up = ServiceProcess(
-        ["up", "--data-dir", str(tmp_path / "up")], tmp_path / "up.log", env
-    ).start()
-    url = f"http://127.0.0.1:{env['WT_PORT']}"
+    up, url = _up(tmp_path, env)
     records = generate(300, seed=91)
     try:
         up.wait_ready(url + "/readyz", timeout=90)

@@ -57,6 +57,12 @@ def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[
     return records
 
 
+def presents_token(metadata: Mapping[str, Any], token: bytes) -> bool:
+    """The call carries `authorization: Bearer <token>` (compared in constant time)."""
+    sent = str(metadata.get("authorization", "")).encode()
+    return hmac.compare_digest(sent, b"Bearer " + token)
+
+
 class IngestService(
     ingest_pb2_grpc.TweetIngestServicer,  # type: ignore[misc]  # generated, untyped
     confproto_pb2_grpc.getInfoServicer,  # type: ignore[misc]
@@ -82,8 +88,7 @@ class IngestService(
     async def _trusted(self, context: grpc.aio.ServicerContext) -> bool:
         if not self._token:
             return self._trust_unauthenticated
-        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        if hmac.compare_digest(str(sent).encode(), b"Bearer " + self._token):
+        if presents_token(dict(context.invocation_metadata() or ()), self._token):
             return True
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED, "this service needs the internal token"
@@ -152,8 +157,7 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
 
     async def _authenticate(self, metadata: dict[str, Any], context: Any) -> None:
         """With a token, a batch is looked at only once its caller is known."""
-        sent = str(metadata.get("authorization", "")).encode()
-        if self._token and not hmac.compare_digest(sent, b"Bearer " + self._token):
+        if self._token and not presents_token(metadata, self._token):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "this service needs the internal token"
             )
