@@ -40,7 +40,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
     from weathertweets.logs import configure
     from weathertweets.ports import BackendUnavailable
-    from weathertweets.runtime import ServiceFailed, run
+    from weathertweets.runtime import ServiceFailed, run, serve_forever
 
     settings = _settings(args)
     configure(settings.log_level, settings.log_format)
@@ -52,7 +52,7 @@ def _run_services(args: argparse.Namespace, services: Sequence[str]) -> int:
             print(line, flush=True)
 
     try:
-        asyncio.run(run(settings, services, announce=announce))
+        serve_forever(run(settings, services, announce=announce))
     except ServiceFailed as error:
         logging.getLogger("weathertweets").error("%s", error)
         return 1

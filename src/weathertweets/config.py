@@ -59,12 +59,25 @@ class Settings:
     )
     host: str = setting("127.0.0.1", "address the services bind", flag=True)
     port: int = setting(8080, "gateway HTTP port", flag=True)
+    workers: int = setting(
+        1,
+        "gateway processes sharing the HTTP port (SO_REUSEPORT); the other services run once",
+        flag=True,
+    )
+    reuse_port: bool = setting(
+        False, "1: share the HTTP port with other processes (what --workers sets in each)"
+    )
     ingest_port: int = setting(50051, "ingest gRPC port", flag=True)
     ingest_target: str = setting(
         "",
         "where the gateway finds ingest: host:port, dns:///name:port, ipv4:a:p,b:p"
         " (default: 127.0.0.1:<ingest-port>)",
         flag=True,
+    )
+    gateway_publish: str = setting(
+        "ingest",
+        "how a lone gateway publishes: ingest (gRPC) or broker (straight to the broker;"
+        " a gateway that shares its process with ingest always does)",
     )
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
@@ -127,13 +140,15 @@ class Settings:
         for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
-        for name in ("partitions", "max_batch", "max_concurrent"):
+        for name in ("partitions", "max_batch", "max_concurrent", "workers"):
             if getattr(self, name) < 1:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")
         if self.unknown_countries not in ("refuse", "accept"):
             raise SettingError(
                 f"WT_UNKNOWN_COUNTRIES={self.unknown_countries!r}: use refuse or accept"
             )
+        if self.gateway_publish not in ("ingest", "broker"):
+            raise SettingError(f"WT_GATEWAY_PUBLISH={self.gateway_publish!r}: use ingest or broker")
         if self.log_format not in ("text", "json"):
             raise SettingError(f"WT_LOG_FORMAT={self.log_format!r}: use text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -8,6 +8,8 @@ reported by `iso_codes` rather than dropped.
 
 from __future__ import annotations
 
+import functools
+
 from weathertweets.weather import fold
 
 # fmt: off
@@ -135,6 +137,7 @@ def iso_code(pais: str) -> str | None:
     return _BY_KEY.get(_key(pais))
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: names are client input
 def canonical(pais: str) -> str | None:
     """The one Spanish name we count a country under ("mexico", "Mexico" → "México")."""
     code = iso_code(pais)

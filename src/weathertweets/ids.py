@@ -18,12 +18,12 @@ _last_ms = -1
 _last_random = 0
 
 
+_PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # every 10-bit value as two characters
+_SHIFTS = range(120, -10, -10)
+
+
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(26):
-        chars.append(ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_id(now_ms: int | None = None) -> str:

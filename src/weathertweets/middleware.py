@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
+
+from prometheus_client import Counter, Histogram
 
 from weathertweets.logs import REQUEST_ID, TWEET_ID
 from weathertweets.metrics import HTTP_DURATION, HTTP_REQUESTS
@@ -24,7 +27,21 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _SAFE_ID.fullmatch(value):
             return bytes(value)
-    return uuid.uuid4().hex[:16].encode()
+    return b"%s%08x" % (_ID_PREFIX, next(_ID_SEQUENCE) & 0xFFFFFFFF)
+
+
+# A new request id: this process's random prefix and a counter, unique without a syscall each.
+_ID_PREFIX = b""
+_ID_SEQUENCE = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = os.urandom(4).hex().encode()
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
 
 
 _SHED_BODY = (
@@ -61,6 +78,18 @@ class Observed:
         self._on_response = on_response
         self._max_concurrent = max_concurrent  # 0: no cap
         self._in_flight = 0
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def _series(self, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The metric children of a route and status (routes are the router's, a bounded set)."""
+        found = self._children.get((route, status))
+        if found is None:
+            found = (
+                HTTP_REQUESTS.labels(self.service, route, str(status)),
+                HTTP_DURATION.labels(self.service, route),
+            )
+            self._children[(route, status)] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,8 +124,9 @@ class Observed:
                 self._in_flight -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route", "unmatched")
-            HTTP_REQUESTS.labels(self.service, route, str(status)).inc()
-            HTTP_DURATION.labels(self.service, route).observe(elapsed)
+            requests, duration = self._series(route, status)
+            requests.inc()
+            duration.observe(elapsed)
             if self._on_response is not None:
                 self._on_response(scope, status)
             if self._access_log:

@@ -29,12 +29,13 @@ from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.errors import APP_ERRORS
 from weathertweets.services.gateway import Gateway
-from weathertweets.services.ingest import start_ingest_server
+from weathertweets.services.ingest import BrokerPublisher, start_ingest_server
 from weathertweets.services.ingest_client import IngestClient
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, add_ops_routes
 from weathertweets.services.writes import WriteGuard
 from weathertweets.web import Router
+from weathertweets.workers import GatewayWorkers, stop_when_orphaned
 
 log = logging.getLogger("weathertweets")
 
@@ -195,11 +196,15 @@ async def _start_ingest(ctx: Context) -> None:
 async def _start_gateway(ctx: Context) -> None:
     assert ctx.store is not None and ctx.counters is not None
     settings = ctx.settings
-    client = IngestClient(
-        settings.ingest_target, max_batch=settings.max_batch, token=settings.internal_token
-    )
-    ctx.stack.push_async_callback(client.close)
-    ctx.checks["ingest"] = client.ping
+    publisher: BrokerPublisher | IngestClient
+    if ctx.broker is not None:  # ingest runs here too, or the gateway publishes by itself
+        publisher = BrokerPublisher(ctx.broker)
+    else:
+        publisher = IngestClient(
+            settings.ingest_target, max_batch=settings.max_batch, token=settings.internal_token
+        )
+        ctx.stack.push_async_callback(publisher.close)
+        ctx.checks["ingest"] = publisher.ping
     scope = (
         "this gateway process only; each service exports its own estimate"
         if ctx.alone
@@ -208,7 +213,7 @@ async def _start_gateway(ctx: Context) -> None:
     live = LiveFeed(ctx.store, ctx.counters, ctx.energy, settings.grid_gco2_per_kwh, scope)
     history = ctx.supervisor.spawn("live-history", live.keep_history())
     gateway = Gateway(
-        client,
+        publisher,
         ctx.store,
         ctx.counters,
         max_batch=settings.max_batch,
@@ -220,7 +225,9 @@ async def _start_gateway(ctx: Context) -> None:
         max_concurrent=settings.max_concurrent,
     )
     app = gateway.app if ctx.frontend is None else ctx.frontend(gateway)
-    await ctx.stack.enter_async_context(http_server(app, settings.host, settings.port))
+    await ctx.stack.enter_async_context(
+        http_server(app, settings.host, settings.port, settings.reuse_port)
+    )
 
     async def stop_live() -> None:  # runs first: open dashboards let go at once
         await live.close()
@@ -237,6 +244,30 @@ SERVICES: dict[str, Service] = {  # in start order; stopped in reverse
     "ingest": Service("ingest", frozenset({"broker"}), _start_ingest),
     "gateway": Service("gateway", frozenset({"store", "counters", "idempotency"}), _start_gateway),
 }
+
+
+async def _start_workers(ctx: Context, count: int, with_ingest: bool) -> None:
+    """The gateway as `count` processes on one port; this one serves its own probes and
+    metrics (the consumers', ingest's) on the ingest metrics port when it runs any service."""
+    settings = ctx.settings
+    if ctx.checks.keys() - {"tasks"}:
+        await ctx.serve_ops("up", settings.ingest_metrics_port)
+        ctx.announce(f"metrics: http://{settings.host}:{settings.ingest_metrics_port}/metrics")
+    publish = "broker" if with_ingest else settings.gateway_publish
+    workers = GatewayWorkers(settings, count, publish)
+    ctx.stack.push_async_callback(workers.stop)
+    await workers.start()
+    ctx.supervisor.spawn("gateway-workers", workers.watch())
+    ctx.announce(f"gateway: http://{settings.host}:{settings.port} ({count} processes)")
+    ctx.stack.push_async_callback(workers.stop)  # again, to run first: stop taking tweets
+
+
+def needs(settings: Settings, services: Sequence[str]) -> set[str]:
+    """The backends these services open in one process."""
+    needed: set[str] = set().union(*(SERVICES[name].needs for name in services))
+    if "gateway" in services and settings.gateway_publish == "broker":
+        needed.add("broker")
+    return needed
 
 
 def check_exposure(settings: Settings, services: Sequence[str]) -> None:
@@ -293,6 +324,18 @@ async def _open_backends(ctx: Context, needed: set[str]) -> None:
         ctx.idempotency = await ctx.stack.enter_async_context(started(keys))
 
 
+def serve_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run the services' coroutine on uvloop when it is installed (it is with uvicorn[standard]):
+    measured faster here than asyncio's own loop for the HTTP and gRPC paths."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 async def run(
     settings: Settings,
     services: Sequence[str],
@@ -307,11 +350,13 @@ async def run(
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
-    chosen = [SERVICES[name] for name in SERVICES if name in services]
     check_exposure(settings, services)
     if {"gateway", "ingest"} <= set(services) and not settings.internal_token:
         settings.internal_token = secrets.token_urlsafe(32)  # both ends in this process
-    label = chosen[0].name if len(chosen) == 1 else "all"
+    workers = settings.workers if "gateway" in services else 1
+    here = [name for name in services if workers == 1 or name != "gateway"]
+    chosen = [SERVICES[name] for name in SERVICES if name in here]
+    label = chosen[0].name if len(chosen) == 1 and workers == 1 else "all"
     tracing.configure(settings.otlp_endpoint, label)
     stopping = stopping or asyncio.Event()
     _install_signal_handlers(stopping)
@@ -319,13 +364,20 @@ async def run(
     model = energy.register(label, settings.energy_min_watts, settings.energy_max_watts)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(supervisor.stop)
-        ctx = Context(settings, stack, supervisor, announce, len(chosen) == 1, model)
+        alone = len(chosen) == 1 and workers == 1
+        ctx = Context(settings, stack, supervisor, announce, alone, model)
         ctx.frontend = frontend
         ctx.checks["tasks"] = supervisor.check
-        await _open_backends(ctx, set().union(*(s.needs for s in chosen)))
+        if settings.reuse_port:  # one of several workers: never outlive the parent
+            supervisor.spawn("parent-watch", stop_when_orphaned(stopping))
+        await _open_backends(ctx, needs(settings, here))
+        names = [s.name for s in chosen]
+        if workers > 1:  # started before any gRPC server: a fork then is cleaner for gRPC
+            await _start_workers(ctx, workers, "ingest" in here)
+            names.append(f"gateway × {workers}")
         for service in chosen:
             await service.start(ctx)
-        announce(f"ready: {', '.join(s.name for s in chosen)} (Ctrl-C stops)")
+        announce(f"ready: {', '.join(names)} (Ctrl-C stops)")
         await stopping.wait()
     if supervisor.failures:
         raise ServiceFailed(f"stopped because {', '.join(supervisor.failures)} died")

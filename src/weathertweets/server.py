@@ -132,10 +132,13 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: other processes may bind the same port; the kernel shares connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
@@ -146,8 +149,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 @asynccontextmanager
-async def http_server(app: Any, host: str, port: int) -> AsyncIterator[None]:
-    sock = bind(host, port)
+async def http_server(
+    app: Any, host: str, port: int, reuse_port: bool = False
+) -> AsyncIterator[None]:
+    sock = bind(host, port, reuse_port)
     config = uvicorn.Config(
         app,
         lifespan="off",

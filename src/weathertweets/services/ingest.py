@@ -24,6 +24,7 @@ from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from weathertweets.rpc_codec import count_field, from_pb, unique_ids
 from weathertweets.server import is_loopback
+from weathertweets.services.writes import OutcomeUnknown
 
 log = logging.getLogger("weathertweets.ingest")
 
@@ -57,6 +58,29 @@ def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[
     return records
 
 
+class BrokerPublisher:
+    """Ingest's publishing step: tweets already validated onto the broker. The gRPC service
+    uses it, and so does a gateway that shares the process with ingest (no loopback hop)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def publish(
+        self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
+    ) -> None:
+        """Raises OutcomeUnknown when the broker failed: it may have taken the records."""
+        try:
+            await self._broker.publish(_records(list(tweets), headers))
+        except BackendUnavailable as error:
+            log.warning("broker unavailable: %s", error)
+            raise OutcomeUnknown(f"broker unavailable: {error}") from error
+        PUBLISHED.inc(len(tweets))
+        BATCH_SIZE.labels("ingest").observe(len(tweets))
+
+    async def ping(self) -> None:
+        await self._broker.ping()
+
+
 def presents_token(metadata: Mapping[str, Any], token: bytes) -> bool:
     """The call carries `authorization: Bearer <token>` (compared in constant time)."""
     sent = str(metadata.get("authorization", "")).encode()
@@ -80,7 +104,7 @@ class IngestService(
         token: str = "",
         trust_unauthenticated: bool = True,
     ) -> None:
-        self._broker = broker
+        self._publisher = BrokerPublisher(broker)
         self._accept_unknown = accept_unknown_countries
         self._token = token.encode()
         self._trust_unauthenticated = trust_unauthenticated
@@ -102,12 +126,9 @@ class IngestService(
         headers: Sequence[Mapping[str, str]] = (),
     ) -> None:
         try:
-            await self._broker.publish(_records(tweets, headers))
-        except BackendUnavailable as error:
-            log.warning("broker unavailable: %s", error)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"broker unavailable: {error}")
-        PUBLISHED.inc(len(tweets))
-        BATCH_SIZE.labels("ingest").observe(len(tweets))
+            await self._publisher.publish(tweets, headers)
+        except OutcomeUnknown as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
 
     async def _validated(
         self, messages: list[ingest_pb2.Tweet], context: grpc.aio.ServicerContext, trusted: bool

@@ -1,0 +1,83 @@
+"""`--workers N`: several gateway processes on one port, the broker still exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Pipeline
+
+pytestmark = pytest.mark.e2e
+
+
+def _worker_prefixes(responses: list[httpx.Response]) -> set[str]:
+    """Request ids are a process's random prefix and a counter: one prefix per worker."""
+    return {r.headers["x-request-id"][:8] for r in responses}
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found]
+
+
+def test_workers_share_the_port_and_every_tweet_is_counted_once(pipeline: Pipeline) -> None:
+    pipeline.env = {"WT_WORKERS": "2", "WT_INGEST_METRICS_PORT": "0"}
+    pipeline.start()
+    responses = []
+    for i in range(300):  # a new connection each time: the kernel spreads them
+        with httpx.Client(base_url=pipeline.url, timeout=10) as client:
+            responses.append(client.post("/input", json={"texto": f"Sol {i}", "pais": "Chile"}))
+    assert [r.status_code for r in responses] == [202] * 300
+    assert len(_worker_prefixes(responses)) == 2
+    batch = [{"texto": "Nieve", "pais": "Perú"}] * 500
+    assert httpx.post(pipeline.url + "/api/v1/tweets", json=batch).status_code == 202
+    stats = pipeline.wait_settled(800)
+    assert stats["countries"] == {"Perú": 500, "Chile": 300}
+
+    assert pipeline.process is not None and pipeline.process.proc is not None
+    workers = _children(pipeline.process.proc.pid)
+    assert len(workers) == 2
+    assert pipeline.process.stop() == 0
+    assert not any(_alive(pid) for pid in workers)
+
+    pipeline.env = {}  # one process again, on the same data: nothing lost, nothing twice
+    pipeline.start()
+    assert pipeline.wait_settled(800)["total"] == 800
+    assert pipeline.process.stop() == 0
+
+
+def test_a_worker_that_dies_stops_the_parent_with_an_error(pipeline: Pipeline) -> None:
+    pipeline.env = {"WT_WORKERS": "2", "WT_INGEST_METRICS_PORT": "0"}
+    pipeline.start()
+    assert pipeline.process is not None and pipeline.process.proc is not None
+    parent = pipeline.process.proc
+    os.kill(_children(parent.pid)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert parent.returncode == 1
+    assert "gateway-workers died" in pipeline.process.output
+
+
+def test_workers_do_not_outlive_a_killed_parent(pipeline: Pipeline) -> None:
+    pipeline.env = {"WT_WORKERS": "2", "WT_INGEST_METRICS_PORT": "0"}
+    pipeline.start()
+    assert pipeline.process is not None and pipeline.process.proc is not None
+    workers = _children(pipeline.process.proc.pid)
+    pipeline.process.kill()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
