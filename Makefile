@@ -79,7 +79,8 @@ k8s-down:
 k8s-status:
 	tools/k8s/cluster.sh status
 
-bench: dev
+# wrk against a bare server, `up` and `stack` on the real engines (started here when missing).
+bench: dev services
 	$(BIN)/python tools/bench.py
 
 dashboards: dev

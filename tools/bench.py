@@ -1,15 +1,25 @@
-"""`make bench`: the gateway's POST path against a bare ASGI server, driven by wrk, in one run.
+"""`make bench`: the write path against a bare ASGI server, driven by wrk, in one interleaved run.
 
-Cases (every server: uvicorn, one process, on this machine; wrk -t1 on the same machine, 64
-connections for single tweets, 16 for batches of 100, 4 for batches of 1 000):
-  bare             an ASGI app that reads the body and answers 202: the HTTP stack's ceiling
-  up               `weathertweets up`, embedded backends: validate, gRPC to ingest, durable
-                   SQLite append, 202; archiver and counter consume in the same process
-  up-starlette     the same handlers and services with Starlette as the HTTP layer
-  up-batch-100     `POST /api/v1/tweets` with 100 tweets per request (tweets/s)
-  up-batch-1000    the same with 1 000 per request
-Rounds are interleaved (each round runs every case once) and medians reported. After the last
-round, every tweet a server acknowledged must be counted and archived: the bench fails if not.
+Servers (each on this machine, started and stopped by the bench):
+  bare    an ASGI app on the same server (uvicorn + uvloop, one process) that reads the body and
+          answers 202: the ceiling of the HTTP stack here
+  up      `weathertweets up`, embedded backends, one process
+  up-w2   `weathertweets up --workers 2`: two gateway processes, ingest and consumers in a third
+  stack   `weathertweets stack` on the real engines of `make services` (Kafka, MongoDB-wire,
+          Redis), its gateway with two workers producing straight to Kafka (skipped when the
+          engines are not running, or with BENCH_STACK=0)
+Cases run wrk -t1 for BENCH_SECONDS each; rounds are interleaved (each round runs every case
+once) and medians reported. Per case: tweets/s, its ratio to bare at the same connections,
+p50/p99, CPU µs per tweet and peak RSS of each service's processes, and the time until the sinks
+caught up (archived = counted ≥ acknowledged). Afterwards, for up and stack: freshness (the
+end-to-end histogram's p50/p99 at half the single-tweet maximum, paced by wrk) and the latency of
+GET /api/v1/stats. Every tweet wrk saw acknowledged must be archived and counted, and no more
+than were in flight when wrk stopped may be extra: the bench fails otherwise.
+
+Environment: BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_ONLY (comma-separated case names),
+BENCH_STACK (1), BENCH_STACK_WORKERS (2) and BENCH_STACK_PUBLISH (broker, or ingest: through
+the gRPC hop, as the Helm chart deploys it), BENCH_STATS_AT (0: else fill the stack's archive to
+this many tweets first and time /api/v1/stats there).
 Results: build/bench/results.json and a table on stdout.
 """
 
@@ -17,16 +27,22 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import resource
+import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,7 +51,12 @@ from weathertweets.gendata import generate
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+ONLY = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
+WITH_STACK = os.environ.get("BENCH_STACK", "1") != "0"
+STATS_AT = int(os.environ.get("BENCH_STATS_AT", "0"))
+STACK_WORKERS = os.environ.get("BENCH_STACK_WORKERS", "2")
+STACK_PUBLISH = os.environ.get("BENCH_STACK_PUBLISH", "broker")
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 BARE_APP = """
 import sys, uvicorn
@@ -48,7 +69,8 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 202,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"8")]})
     await send({"type": "http.response.body", "body": b'{"id":0}'})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
+            loop="uvloop", http="httptools")
 """
 
 POST_SCRIPT = """
@@ -57,6 +79,7 @@ wrk.headers["content-type"] = "application/json"
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*a")
 f:close()
+{pace}
 """
 
 
@@ -79,26 +102,162 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def engines() -> dict[str, str] | None:
+    """The real engines' URLs from `make services`, when they answer."""
+    env_file = ROOT / ".services.env"
+    if not WITH_STACK or not env_file.exists():
+        return None
+    found = dict(
+        line.split("=", 1)
+        for line in env_file.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    for url in (found.get("WT_BROKER_URL", ""), found.get("WT_COUNTER_URL", "")):
+        host, port = re.search(r"//([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
         try:
-            if httpx.get(url, timeout=1).status_code in (200, 202):
-                return
-        except httpx.HTTPError:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return None
+    return found
+
+
+# Processes ----------------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
             pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
+    return found
+
+
+def service_of(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in args]
+    if "serve" in words:
+        return words[words.index("serve") + 1]
+    for name in ("up", "stack"):
+        if name in words:
+            return name
+    return "server"
+
+
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    by_service: dict[str, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+        name = service_of(pid)
+        by_service[name] = by_service.get(name, 0.0) + used
+    return by_service
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class PeakRss(threading.Thread):
+    """Samples the RSS of a process tree every 0.5 s: peak per process, grouped by service."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak: dict[str, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            for pid in tree(self.root):
+                name = service_of(pid)
+                self.peak[name] = max(self.peak.get(name, 0.0), rss_mb(pid))
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    base: str
+    env: dict[str, str] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)  # /metrics URLs with the e2e histogram
+    process: subprocess.Popen[bytes] | None = None
+    acknowledged: int = 0
+    in_flight_bound: int = 0
+
+    def start(self, log: Path) -> None:
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+
+    def wait_ready(self, path: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited while starting")
+            try:
+                if httpx.get(self.base + path, timeout=1).status_code in (200, 202):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stats(self) -> dict[str, object]:
+        return dict(httpx.get(self.base + "/api/v1/stats", timeout=30).json())
+
+    def caught_up(self, timeout: float = 300) -> float:
+        """Seconds until archived = counted ≥ acknowledged."""
+        started = time.monotonic()
+        while True:
+            stats = self.stats()
+            if stats["total"] == stats["archived"] and int(stats["total"]) >= self.acknowledged:  # type: ignore[call-overload]
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{self.name}: acknowledged {self.acknowledged}, but {stats}")
+            time.sleep(0.1)
 
 
 @dataclass
 class Case:
     name: str
-    url: str
+    server: Server
+    path: str
     body: Path
     tweets_per_request: int = 1
-    connections: int = CONNECTIONS
-    runs: list[dict[str, float]] = field(default_factory=list)
+    connections: int = 64
+    runs: list[dict[str, object]] = field(default_factory=list)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -109,135 +268,360 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def run_wrk(wrk: str, case: Case, scripts: Path) -> dict[str, float]:
-    script = scripts / f"{case.name}.lua"
-    script.write_text(POST_SCRIPT.replace("{body}", str(case.body)))
-    command = [wrk, "-t1", f"-c{case.connections}", f"-d{SECONDS}s", "--timeout", "30s"]
-    command += ["--latency", "-s", str(script)]
-    done = subprocess.run([*command, case.url], capture_output=True, text=True, check=True)
+def wrk_run(
+    wrk: str,
+    url: str,
+    body: Path,
+    connections: int,
+    seconds: int,
+    scripts: Path,
+    pace_ms: float = 0,
+) -> dict[str, float]:
+    script = scripts / f"post-{body.stem}-{pace_ms:g}.lua"
+    pace = f"function delay() return {pace_ms:g} end" if pace_ms else ""
+    script.write_text(POST_SCRIPT.replace("{body}", str(body)).replace("{pace}", pace))
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+    done = subprocess.run(
+        [*command, "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
+    )
     out = done.stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    if bad or errors:
-        raise RuntimeError(f"{case.name}: wrk saw failures:\n{out}")
+    if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
+        raise RuntimeError(f"{url}: wrk saw failures:\n{out}")
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    if len(latency) != 2:
+        raise RuntimeError(f"{url}: no latency distribution in wrk's output:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {
-        "requests_per_s": rate,
-        "tweets_per_s": rate * case.tweets_per_request,
+        "requests": requests,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(latency["50"]),
         "p99_ms": _ms(latency["99"]),
     }
 
 
-def accepted(base: str) -> int:
-    metrics = httpx.get(base + "/metrics", timeout=10).text
-    found = re.search(r"^weathertweets_tweets_accepted_total (\S+)$", metrics, re.MULTILINE)
-    return int(float(found.group(1))) if found else 0
+def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
+    server = case.server
+    assert server.process is not None
+    pids = tree(server.process.pid)
+    before = cpu_seconds(pids)
+    sampler = PeakRss(server.process.pid)
+    sampler.start()
+    url = server.base + case.path
+    result: dict[str, object] = dict(
+        wrk_run(wrk, url, case.body, case.connections, SECONDS, scripts)
+    )
+    sampler.done.set()
+    sampler.join()
+    after = cpu_seconds(tree(server.process.pid))
+    tweets = int(result["requests"]) * case.tweets_per_request  # type: ignore[call-overload]
+    server.acknowledged += tweets
+    server.in_flight_bound += case.connections * case.tweets_per_request
+    result["tweets_per_s"] = float(result["requests_per_s"]) * case.tweets_per_request  # type: ignore[arg-type]
+    cpu = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    result["cpu_us_per_tweet"] = {n: round(s / tweets * 1e6, 1) for n, s in cpu.items() if tweets}
+    result["cpu_us_per_tweet_total"] = round(sum(cpu.values()) / tweets * 1e6, 1) if tweets else 0
+    result["peak_rss_mb"] = {n: round(mb) for n, mb in sampler.peak.items()}
+    if server.name != "bare":
+        result["caught_up_s"] = round(server.caught_up(), 2)
+    return result
 
 
-def wait_exact(base: str, timeout: float = 180) -> dict[str, int]:
-    """Every acknowledged tweet counted and archived, or fail."""
-    want = accepted(base)
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = httpx.get(base + "/api/v1/stats", timeout=30).json()
-        if stats["total"] == stats["archived"] == want:
-            return {"acknowledged": want, "counted": stats["total"], "archived": stats["archived"]}
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{base}: acknowledged {want}, but {stats}")
-        time.sleep(1)
+# Freshness ----------------------------------------------------------------------------------
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+def histogram(urls: list[str]) -> dict[str, dict[float, float]]:
+    """{group: {upper bound: cumulative count}} of weathertweets_end_to_end_seconds."""
+    found: dict[str, dict[float, float]] = {}
+    pattern = re.compile(
+        r'^weathertweets_end_to_end_seconds_bucket\{group="([^"]+)",le="([^"]+)"\} (\S+)$',
+        re.MULTILINE,
+    )
+    for url in urls:
+        for group, bound, count in pattern.findall(httpx.get(url, timeout=10).text):
+            buckets = found.setdefault(group, {})
+            buckets[float(bound)] = buckets.get(float(bound), 0.0) + float(count)
+    return found
+
+
+def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile (ms) of the observations between two snapshots, interpolated in its bucket."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1]
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower * 1000
+            share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+            return (lower + (bound - lower) * share) * 1000
+        lower, below = bound, cumulative
+    return lower * 1000
+
+
+def freshness(
+    wrk: str, server: Server, body: Path, rate: float, scripts: Path
+) -> dict[str, object]:
+    """wrk paced to about `rate` requests/s (32 connections, a pause between requests)."""
+    connections = 32
+    pace = connections * 1000 / rate
+    before = histogram(server.metrics)
+    result = wrk_run(wrk, server.base + "/input", body, connections, SECONDS, scripts, pace)
+    server.acknowledged += int(result["requests"])
+    server.in_flight_bound += connections
+    server.caught_up()
+    after = histogram(server.metrics)
+    return {
+        "target_per_s": round(rate),
+        "requests_per_s": round(result["requests_per_s"]),
+        "http_p99_ms": result["p99_ms"],
+        **{
+            group: {
+                "p50_ms": round(quantile(before.get(group, {}), counts, 0.5), 1),
+                "p99_ms": round(quantile(before.get(group, {}), counts, 0.99), 1),
+            }
+            for group, counts in sorted(after.items())
+        },
+    }
+
+
+def stats_latency(server: Server, times: int = 30) -> dict[str, float]:
+    server.stats()  # the first read may wait for the count; the readers after it do not
+    took = []
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        for _ in range(times):
+            started = time.perf_counter()
+            client.get("/api/v1/stats").raise_for_status()
+            took.append((time.perf_counter() - started) * 1000)
+    took.sort()
+    return {
+        "archived": int(server.stats()["archived"]),  # type: ignore[call-overload]
+        "median_ms": round(statistics.median(took), 1),
+        "max_ms": round(took[-1], 1),
+    }
+
+
+def fill(wrk: str, server: Server, body: Path, target: int, scripts: Path) -> None:
+    """Batches of 1 000 until the archive holds `target` tweets."""
+    while int(server.stats()["archived"]) < target:  # type: ignore[call-overload]
+        result = wrk_run(wrk, server.base + "/api/v1/tweets", body, 4, 10, scripts)
+        server.acknowledged += int(result["requests"]) * 1000
+        server.in_flight_bound += 4000
+        server.caught_up(900)
+        print(f"bench: stack archive at {server.stats()['archived']}", flush=True)
+
+
+# The run ------------------------------------------------------------------------------------
+
+
+def servers(scratch: Path, real: dict[str, str] | None) -> dict[str, Server]:
+    cli = [sys.executable, "-m", "weathertweets.cli"]
+    made: dict[str, Server] = {}
+    port = free_port()
+    made["bare"] = Server(
+        "bare", [sys.executable, "-c", BARE_APP, str(port)], f"http://127.0.0.1:{port}"
+    )
+    for name, workers in (("up", 1), ("up-w2", 2)):
+        port, ingest, ops = free_port(), free_port(), free_port()
+        args = ["up", "--data-dir", str(scratch / name), "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        made[name] = Server(
+            name,
+            [*cli, *args, "--ingest-port", str(ingest), "--workers", str(workers)],
+            base,
+            {"WT_INGEST_METRICS_PORT": str(ops)},
+            [f"{base}/metrics" if workers == 1 else f"http://127.0.0.1:{ops}/metrics"],
+        )
+    if real is not None:
+        tag = f"bench{int(time.time())}{secrets.token_hex(2)}"
+        ports = {k: free_port() for k in ("port", "ingest", "archiver", "counter", "metrics")}
+        redis = re.sub(r"/\d*$", "", real["WT_COUNTER_URL"].rstrip("/")) + "/13"
+        mongo = real["WT_STORE_URL"].rsplit("/", 1)[0] + f"/{tag}"
+        env = {
+            "WT_BROKER_URL": real["WT_BROKER_URL"],
+            "WT_STORE_URL": mongo,
+            "WT_COUNTER_URL": redis,
+            "WT_TOPIC": tag,
+            "WT_COUNTER_PREFIX": f"{tag}:",
+            "WT_PORT": str(ports["port"]),
+            "WT_INGEST_PORT": str(ports["ingest"]),
+            "WT_ARCHIVER_PORT": str(ports["archiver"]),
+            "WT_COUNTER_PORT": str(ports["counter"]),
+            "WT_INGEST_METRICS_PORT": str(ports["metrics"]),
+            "WT_WORKERS": STACK_WORKERS,
+            "WT_GATEWAY_PUBLISH": STACK_PUBLISH,
+        }
+        made["stack"] = Server(
+            "stack",
+            [*cli, "stack", "--data-dir", str(scratch / "stack")],
+            f"http://127.0.0.1:{ports['port']}",
+            env,
+            [f"http://127.0.0.1:{ports[k]}/metrics" for k in ("archiver", "counter")],
+        )
+    return made
+
+
+def cases(made: dict[str, Server], single: Path, batch: dict[int, Path]) -> list[Case]:
+    found = [
+        Case("bare-64", made["bare"], "/input", single),
+        Case("bare-256", made["bare"], "/input", single, connections=256),
+        Case("up", made["up"], "/input", single),
+        Case("up-w2", made["up-w2"], "/input", single),
+        Case("up-w2-batch-100", made["up-w2"], "/api/v1/tweets", batch[100], 100, 16),
+        Case("up-w2-batch-1000", made["up-w2"], "/api/v1/tweets", batch[1000], 1000, 4),
+    ]
+    if "stack" in made:
+        stack = made["stack"]
+        found += [
+            Case("bare-1024", made["bare"], "/input", single, connections=1024),
+            Case("stack-64", stack, "/input", single),
+            Case("stack-256", stack, "/input", single, connections=256),
+            Case("stack-1024", stack, "/input", single, connections=1024),
+            Case("stack-batch-100", stack, "/api/v1/tweets", batch[100], 100, 64),
+            Case("stack-batch-1000", stack, "/api/v1/tweets", batch[1000], 1000, 4),
+        ]
+    return [c for c in found if not ONLY or c.name in ONLY or c.name.startswith("bare")]
 
 
 def median(case: Case, key: str) -> float:
-    return statistics.median(run[key] for run in case.runs)
+    return float(statistics.median(float(run[key]) for run in case.runs))  # type: ignore[arg-type]
+
+
+def summary(case: Case, bare: dict[int, float]) -> dict[str, object]:
+    baseline = bare.get(case.connections) or bare.get(64) or 0.0
+    row: dict[str, object] = {
+        "connections": case.connections,
+        "tweets_per_request": case.tweets_per_request,
+        "tweets_per_s": round(median(case, "tweets_per_s")),
+        "ratio_to_bare": round(median(case, "tweets_per_s") / baseline, 3) if baseline else None,
+        "p50_ms": round(median(case, "p50_ms"), 2),
+        "p99_ms": round(median(case, "p99_ms"), 2),
+        "cpu_us_per_tweet": round(median(case, "cpu_us_per_tweet_total"), 1),
+        "runs_tweets_per_s": [round(float(r["tweets_per_s"])) for r in case.runs],  # type: ignore[arg-type]
+    }
+    per_service: dict[str, list[float]] = {}
+    for run in case.runs:
+        for name, value in run["cpu_us_per_tweet"].items():  # type: ignore[attr-defined]
+            per_service.setdefault(name, []).append(value)
+    row["cpu_us_per_tweet_by_service"] = {
+        n: round(statistics.median(v), 1) for n, v in per_service.items()
+    }
+    row["peak_rss_mb"] = {
+        name: max(r["peak_rss_mb"].get(name, 0) for r in case.runs)  # type: ignore[attr-defined]
+        for name in case.runs[-1]["peak_rss_mb"]  # type: ignore[attr-defined]
+    }
+    if "caught_up_s" in case.runs[0]:
+        row["caught_up_s"] = max(float(r["caught_up_s"]) for r in case.runs)  # type: ignore[arg-type]
+    return row
+
+
+def engine_rss() -> dict[str, float]:
+    found: dict[str, float] = {}
+    for pid_file in (ROOT / ".cache" / "run").glob("*.pid"):
+        found[pid_file.stem] = round(rss_mb(int(pid_file.read_text().strip())))
+    return found
 
 
 def main() -> int:
     wrk = ensure_wrk()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    real = engines()
+    if real is None:
+        print("bench: the real engines are not running (make services): no stack cases")
     records = generate(2000, seed=1)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         single = scratch / "single.json"
         single.write_text(json.dumps(records[0], ensure_ascii=False))
-        batches = {}
+        batch = {}
         for size in (100, 1000):
-            batches[size] = scratch / f"batch-{size}.json"
-            batches[size].write_text(json.dumps(records[:size], ensure_ascii=False))
-        ports = {name: (free_port(), free_port()) for name in ("bare", "up", "up-starlette")}
-        servers = [
-            start([sys.executable, "-c", BARE_APP, str(ports["bare"][0])], scratch / "bare.log"),
-            start(
-                [sys.executable, "-m", "weathertweets.cli", "up", "--data-dir", str(scratch / "up"),
-                 "--port", str(ports["up"][0]), "--ingest-port", str(ports["up"][1])],
-                scratch / "up.log",
-            ),
-            start(
-                [sys.executable, str(ROOT / "tools" / "bench_starlette.py"),
-                 "--data-dir", str(scratch / "st"), "--port", str(ports["up-starlette"][0]),
-                 "--ingest-port", str(ports["up-starlette"][1])],
-                scratch / "up-starlette.log",
-            ),
-        ]  # fmt: skip
-        base = {name: f"http://127.0.0.1:{port}" for name, (port, _) in ports.items()}
-        cases = [
-            Case("bare", base["bare"] + "/input", single),
-            Case("up", base["up"] + "/input", single),
-            Case("up-starlette", base["up-starlette"] + "/input", single),
-            Case("up-batch-100", base["up"] + "/api/v1/tweets", batches[100], 100, 16),
-            Case("up-batch-1000", base["up"] + "/api/v1/tweets", batches[1000], 1000, 4),
-        ]
+            batch[size] = scratch / f"batch-{size}.json"
+            batch[size].write_text(json.dumps(records[:size], ensure_ascii=False))
+        made = servers(scratch, real)
+        chosen = cases(made, single, batch)
+        used = {c.server.name for c in chosen}
+        report: dict[str, Any] = {}
         try:
-            wait_ready(base["bare"] + "/")
-            wait_ready(base["up"] + "/readyz")
-            wait_ready(base["up-starlette"] + "/readyz")
-            for round_number in range(ROUNDS):
-                for case in cases:
-                    case.runs.append(run_wrk(wrk, case, scratch))
-                    time.sleep(1)  # let the consumers catch up a little between cases
-                print(f"bench: round {round_number + 1}/{ROUNDS} done", flush=True)
-            exact = {name: wait_exact(base[name]) for name in ("up", "up-starlette")}
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait(60)
-    bare = median(cases[0], "requests_per_s")
-    report = {
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
-        "wrk": {"threads": 1, "seconds": SECONDS, "rounds": ROUNDS},
-        "cases": {
-            c.name: {
-                "connections": c.connections,
-                "tweets_per_s": round(median(c, "tweets_per_s")),
-                "p50_ms": round(median(c, "p50_ms"), 2),
-                "p99_ms": round(median(c, "p99_ms"), 2),
-                "ratio_to_bare_requests": round(median(c, "requests_per_s") / bare, 3),
-                "runs_tweets_per_s": [round(r["tweets_per_s"]) for r in c.runs],
+            for name in used:
+                made[name].start(scratch / f"{name}.log")
+            for name in used:
+                made[name].wait_ready("/" if name == "bare" else "/readyz")
+            for number in range(ROUNDS):
+                for case in chosen:
+                    case.runs.append(run_case(wrk, case, scratch))
+                    time.sleep(1)
+                print(f"bench: round {number + 1}/{ROUNDS} done", flush=True)
+            bare = {
+                c.connections: median(c, "tweets_per_s") for c in chosen if c.server.name == "bare"
             }
-            for c in cases
-        },
-        "starlette_cost": round(
-            1 - median(cases[2], "requests_per_s") / median(cases[1], "requests_per_s"), 3
-        ),
-        "exact": exact,
+            report["cases"] = {c.name: summary(c, bare) for c in chosen}
+            report["freshness"] = {}
+            report["stats_latency"] = {}
+            for name, reference in (("up", "up"), ("stack", "stack-64")):
+                if name in used and reference in report["cases"]:
+                    peak = report["cases"][reference]["tweets_per_s"]
+                    report["freshness"][name] = freshness(
+                        wrk, made[name], single, peak / 2, scratch
+                    )
+            if STATS_AT and "stack" in used:
+                fill(wrk, made["stack"], batch[1000], STATS_AT, scratch)
+            for name in used - {"bare"}:
+                report["stats_latency"][name] = stats_latency(made[name])
+            report["exact"] = {name: exact(made[name]) for name in sorted(used - {"bare"})}
+            report["engines_rss_mb"] = engine_rss() if real else {}
+        finally:
+            for name in used:
+                made[name].stop()
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "kernel": platform.release(),
     }
+    report["wrk"] = {"threads": 1, "seconds": SECONDS, "rounds": ROUNDS}
+    report["stack"] = {"gateway_workers": STACK_WORKERS, "gateway_publish": STACK_PUBLISH}
     out = ROOT / "build" / "bench" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'case':<15} {'tweets/s':>10} {'÷ bare (req)':>13} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, row in report["cases"].items():  # type: ignore[attr-defined]
-        print(
-            f"{name:<15} {row['tweets_per_s']:>10} {row['ratio_to_bare_requests']:>13} "
-            f"{row['p50_ms']:>8} {row['p99_ms']:>8}"
-        )
-    print(f"Starlette costs {report['starlette_cost']:.1%} of single-tweet throughput")
-    print(f"exact: {exact}\nwritten to {out}")
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print_table(report)
+    print(f"written to {out}")
     return 0
+
+
+def exact(server: Server) -> dict[str, int]:
+    server.caught_up()
+    stats = server.stats()
+    counted, archived = int(stats["total"]), int(stats["archived"])  # type: ignore[call-overload]
+    extra = counted - server.acknowledged
+    if counted != archived or not 0 <= extra <= server.in_flight_bound:
+        raise RuntimeError(
+            f"{server.name}: acknowledged {server.acknowledged}, counted {counted}, "
+            f"archived {archived}, at most {server.in_flight_bound} were in flight"
+        )
+    return {"acknowledged": server.acknowledged, "counted": counted, "archived": archived}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    head = f"{'case':<18} {'conns':>5} {'tweets/s':>9} {'÷ bare':>7} {'p50 ms':>7} {'p99 ms':>8}"
+    print(f"\n{head} {'µs CPU/tweet':>12} {'caught up s':>11}  peak RSS MB")
+    for name, row in report["cases"].items():
+        ratio = "" if row["ratio_to_bare"] is None else f"{row['ratio_to_bare']:.2f}"
+        rss = " ".join(f"{k}={v}" for k, v in row["peak_rss_mb"].items())
+        print(
+            f"{name:<18} {row['connections']:>5} {row['tweets_per_s']:>9} {ratio:>7} "
+            f"{row['p50_ms']:>7} {row['p99_ms']:>8} {row['cpu_us_per_tweet']:>12} "
+            f"{row.get('caught_up_s', ''):>11}  {rss}"
+        )
+    for name, fresh in report["freshness"].items():
+        print(f"freshness {name}: {fresh}")
+    for name, took in report["stats_latency"].items():
+        print(f"GET /api/v1/stats on {name}: {took}")
+    print(f"exact: {report['exact']}")
+    if report.get("engines_rss_mb"):
+        print(f"engines RSS MB: {report['engines_rss_mb']}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,36 @@ TOO_LARGE = _plain(
 TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request headers took too long")
 
 
+class CoalescingTransport:
+    """Writes made in one turn of the event loop leave in one send: uvicorn writes a response's
+    head and its body separately, and each `send` on a socket costs a system call."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(data)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with limits on the head of each request."""
 
@@ -56,6 +86,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = True
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,6 +32,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from weathertweets.batching import Batcher
 from weathertweets.ports import BackendUnavailable, Message, Record
 
 log = logging.getLogger("weathertweets.kafka")
@@ -46,6 +48,7 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.messages": 1_000_000,
     "delivery.timeout.ms": 30_000,
 }
+LINGER = 0.01  # seconds a consumer waits for more once a record arrived: fewer, larger sink calls
 CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "auto.offset.reset": "earliest",
@@ -108,6 +111,10 @@ class KafkaBroker:
         self._closing = threading.Event()
         self._admin_thread = _Thread("kafka-admin")
         self._topics_made: set[str] = set()
+        # Concurrent publishes leave together: one wake-up of the event loop per batch.
+        self._appender: Batcher[Record] = Batcher(
+            partial(self._publish, self.topic), max_batch=10_000, max_in_flight=4
+        )
 
     async def start(self) -> None:
         self._admin = AdminClient(_client_logging(self._config, "admin"))
@@ -146,7 +153,7 @@ class KafkaBroker:
             self._producer.poll(0.1)  # runs the delivery callbacks
 
     async def publish(self, records: Sequence[Record]) -> None:
-        await self._publish(self.topic, records)
+        await self._appender.submit(records)
 
     async def dead_letter(self, group: str, messages: Sequence[Message], reason: str) -> None:
         topic = self.dead_letter_topic
@@ -200,6 +207,13 @@ class KafkaBroker:
             account(1, None if error is None else str(error))
 
         for index, record in enumerate(records):
+            try:
+                producer.produce(
+                    topic, record.value, record.key, on_delivery=delivered, headers=_headers(record)
+                )
+                continue
+            except BufferError:
+                pass
             if not await self._produce(producer, topic, record, delivered):
                 account(len(records) - index, "the local producer queue stayed full")
                 break
@@ -209,15 +223,15 @@ class KafkaBroker:
     async def _produce(
         producer: Producer, topic: str, record: Record, delivered: Callable[[Any, Any], None]
     ) -> bool:
-        headers: list[tuple[str, str | bytes | None]] | None = list(record.headers) or None
         for _ in range(200):  # the queue drains as the cluster acknowledges: wait up to ~2 s
+            await asyncio.sleep(0.01)
             try:
                 producer.produce(
-                    topic, record.value, record.key, on_delivery=delivered, headers=headers
+                    topic, record.value, record.key, on_delivery=delivered, headers=_headers(record)
                 )
                 return True
             except BufferError:
-                await asyncio.sleep(0.01)
+                pass
         return False
 
     def consumer(self, group: str) -> KafkaConsumer:
@@ -233,6 +247,7 @@ class KafkaBroker:
             raise BackendUnavailable(f"Kafka: {error}") from error
 
     async def close(self) -> None:
+        await self._appender.close()
         if self._producer is not None:
             producer = self._producer
             left = await self._admin_thread.run(lambda: producer.flush(10))
@@ -242,6 +257,10 @@ class KafkaBroker:
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join)
         self._admin_thread.shutdown()
+
+
+def _headers(record: Record) -> list[tuple[str, str | bytes | None]] | None:
+    return list(record.headers) or None
 
 
 def _header(pair: Any) -> tuple[str, bytes]:
@@ -260,7 +279,7 @@ class KafkaConsumer:
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
         try:
-            records = await self._thread.run(lambda: self._consumer.consume(max_records, timeout))
+            records = await self._thread.run(lambda: self._fetch(max_records, timeout))
         except KafkaException as error:
             raise BackendUnavailable(f"Kafka consumer: {error}") from error
         messages = []
@@ -279,6 +298,17 @@ class KafkaConsumer:
             headers = tuple(_header(pair) for pair in record.headers() or ())
             messages.append(Message(partition, offset, value, self._topic, timestamp_ms, headers))
         return messages
+
+    def _fetch(self, max_records: int, timeout: float) -> list[Any]:
+        """What is already fetched, at once; else wait for the first record, then `LINGER` for
+        those right behind it. Never for a full batch: `consume(n, t)` waits until n records or
+        t seconds, a quarter second of staleness at everyday rates."""
+        records = self._consumer.consume(max_records, 0)
+        if not records:
+            records = self._consumer.consume(1, timeout)
+            if records and max_records > 1:
+                records += self._consumer.consume(max_records - 1, LINGER)
+        return list(records)
 
     async def commit(self, messages: Sequence[Message]) -> None:
         ends: dict[int, int] = {}
