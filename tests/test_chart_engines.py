@@ -293,6 +293,12 @@ def test_the_mongodb_users_have_rights_on_their_database_alone() -> None:
     (privilege,) = role["privileges"]
     assert privilege["resource"] == {"db": "weathertweets", "collection": ""}
     # the gateway reads and makes its indexes (MongoStore.start); it changes no document
-    assert set(privilege["actions"]) == {"find", "listIndexes", "createIndex", "createCollection"}
+    assert set(privilege["actions"]) == {
+        "find",
+        "listIndexes",
+        "createIndex",
+        "createCollection",
+        "collStats",
+    }
     assert "/docker-entrypoint-initdb.d" in {m["mountPath"] for m in container["volumeMounts"]}
     assert env["MONGO_INITDB_ROOT_USERNAME"] == "root"

@@ -31,7 +31,13 @@ HELM = ROOT / ".cache" / "engines" / "bin" / "helm"
 KUBE_VERSION = "1.33.0"
 ALL_ON = CHART / "ci" / "all-on-values.yaml"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
-PROFILES = {"default": [], "all-on": ["-f", str(ALL_ON)], "production": ["-f", str(PRODUCTION)]}
+PEAK = CHART / "ci" / "peak-values.yaml"
+PROFILES = {
+    "default": [],
+    "all-on": ["-f", str(ALL_ON)],
+    "production": ["-f", str(PRODUCTION)],
+    "peak": ["-f", str(PRODUCTION), "-f", str(PEAK)],
+}
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 
 
@@ -674,6 +680,37 @@ def test_workloads_have_disruption_budgets_and_the_gateway_autoscales() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == "wt-weathertweets-gateway"
     gateway = next(d for d in docs if d["metadata"]["name"] == "wt-weathertweets-gateway")
     assert "replicas" not in gateway["spec"]  # the HPA owns it
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_the_peak_profile_carries_the_record_peak() -> None:
+    """docs/capacity.md's arithmetic, from its inputs block, against the rendered peak profile:
+    enough pods of each service at the target utilisation, and a partition for each consumer."""
+    text = (ROOT / "docs" / "capacity.md").read_text()
+    block = re.search(r"```yaml\n(# capacity inputs.*?)```", text, re.DOTALL)
+    assert block, "docs/capacity.md has no capacity inputs block"
+    inputs = yaml.safe_load(block.group(1))
+    docs = render(*PROFILES["peak"])
+    by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment",)}
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    topic = next(d for d in docs if d["kind"] == "KafkaTopic" and d["spec"]["partitions"] > 1)
+    peak, utilisation = inputs["peak_tweets_per_s"], inputs["target_utilization"]
+    pods = {}
+    for service, micros in inputs["per_tweet_cpu_us"].items():
+        workload = by_name[f"wt-weathertweets-{service}"]
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        limit = _cpu(container["resources"]["limits"]["cpu"])
+        needed = -(-peak * micros / 1e6 // (limit * utilisation))  # ceiling
+        pods[service] = (
+            hpa["spec"]["maxReplicas"] if service == "gateway" else workload["spec"]["replicas"]
+        )
+        assert pods[service] >= needed, f"{service}: {pods[service]} pods, {needed:.0f} needed"
+        assert pods[service] == inputs["pods"][service], "docs/capacity.md and the values agree"
+    assert topic["spec"]["partitions"] >= max(pods["archiver"], pods["counter"])
+    assert topic["spec"]["partitions"] == inputs["partitions"]
 
 
 def test_locust_job_is_fed_by_the_generated_data() -> None:

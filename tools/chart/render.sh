@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make chart`: install Helm (once, with Go, into .cache/engines/bin), lint the chart, and render
 # it with its default values into build/chart/default.yaml, with every toggle on into
-# build/chart/all.yaml, and with the durable profile into build/chart/production.yaml.
+# build/chart/all.yaml, with the durable profile into build/chart/production.yaml, and with the
+# durable profile sized for 143 199 tweets/s (docs/capacity.md) into build/chart/peak.yaml.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CHART=$ROOT/deploy/helm/weathertweets
@@ -22,10 +23,14 @@ mkdir -p "$ROOT/build/chart"
 "$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet
 "$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet -f "$CHART/ci/all-on-values.yaml"
 "$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet -f "$CHART/ci/production-values.yaml"
+"$HELM" lint "$CHART" --kube-version "$KUBE_VERSION" --quiet -f "$CHART/ci/production-values.yaml" \
+  -f "$CHART/ci/peak-values.yaml"
 "$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
   >"$ROOT/build/chart/default.yaml"
 "$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
   -f "$CHART/ci/all-on-values.yaml" >"$ROOT/build/chart/all.yaml"
 "$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
   -f "$CHART/ci/production-values.yaml" >"$ROOT/build/chart/production.yaml"
-echo "chart: rendered build/chart/{default,all,production}.yaml (Kubernetes $KUBE_VERSION)"
+"$HELM" template wt "$CHART" --namespace project --kube-version "$KUBE_VERSION" \
+  -f "$CHART/ci/production-values.yaml" -f "$CHART/ci/peak-values.yaml" >"$ROOT/build/chart/peak.yaml"
+echo "chart: rendered build/chart/{default,all,production,peak}.yaml (Kubernetes $KUBE_VERSION)"

@@ -53,6 +53,8 @@ CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "auto.offset.reset": "earliest",
     "fetch.wait.max.ms": 50,
+    # Prefetched records held in memory (librdkafka's default is 64 MB): a batch is ~1 MB.
+    "queued.max.messages.kbytes": 8192,
     "session.timeout.ms": 10_000,
     "heartbeat.interval.ms": 1_000,
 }
