@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,13 @@ pytestmark = pytest.mark.e2e
 def _worker_prefixes(responses: list[httpx.Response]) -> set[str]:
     """Request ids are a process's random prefix and a counter: one prefix per worker."""
     return {r.headers["x-request-id"][:8] for r in responses}
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:
@@ -56,8 +64,9 @@ def test_a_worker_that_dies_stops_the_parent_with_an_error(pipeline: Pipeline) -
     pipeline.start()
     assert pipeline.process is not None and pipeline.process.proc is not None
     parent = pipeline.process.proc
+    _wait_for(lambda: "gateway × 2 (Ctrl-C stops)" in pipeline.process.output)  # type: ignore[union-attr]
     os.kill(_children(parent.pid)[0], signal.SIGKILL)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while parent.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert parent.returncode == 1

@@ -147,6 +147,8 @@ class Settings:
             raise SettingError(
                 f"WT_UNKNOWN_COUNTRIES={self.unknown_countries!r}: use refuse or accept"
             )
+        if self.workers > 1 and self.port == 0:
+            raise SettingError("WT_WORKERS needs a fixed WT_PORT (0 picks one port per worker)")
         if self.gateway_publish not in ("ingest", "broker"):
             raise SettingError(f"WT_GATEWAY_PUBLISH={self.gateway_publish!r}: use ingest or broker")
         if self.log_format not in ("text", "json"):

@@ -66,7 +66,7 @@ class Supervisor:
     """Watches background tasks: the first to die stops everything, and says why."""
 
     def __init__(self, stopping: asyncio.Event) -> None:
-        self._stopping = stopping
+        self.stopping = stopping
         self.failures: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -83,7 +83,7 @@ class Supervisor:
         log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
         TASK_FAILURES.labels(task.get_name()).inc()
         self.failures.append(task.get_name())
-        self._stopping.set()
+        self.stopping.set()
 
     async def check(self) -> None:
         """A readiness check: fails once any task died."""
@@ -246,7 +246,7 @@ SERVICES: dict[str, Service] = {  # in start order; stopped in reverse
 }
 
 
-async def _start_workers(ctx: Context, count: int, with_ingest: bool) -> None:
+async def _start_workers(ctx: Context, count: int, with_ingest: bool) -> GatewayWorkers:
     """The gateway as `count` processes on one port; this one serves its own probes and
     metrics (the consumers', ingest's) on the ingest metrics port when it runs any service."""
     settings = ctx.settings
@@ -255,11 +255,11 @@ async def _start_workers(ctx: Context, count: int, with_ingest: bool) -> None:
         ctx.announce(f"metrics: http://{settings.host}:{settings.ingest_metrics_port}/metrics")
     publish = "broker" if with_ingest else settings.gateway_publish
     workers = GatewayWorkers(settings, count, publish)
-    ctx.stack.push_async_callback(workers.stop)
+    ctx.stack.push_async_callback(workers.stop)  # if anything after this fails
     await workers.start()
-    ctx.supervisor.spawn("gateway-workers", workers.watch())
+    ctx.supervisor.spawn("gateway-workers", workers.watch(ctx.supervisor.stopping))
     ctx.announce(f"gateway: http://{settings.host}:{settings.port} ({count} processes)")
-    ctx.stack.push_async_callback(workers.stop)  # again, to run first: stop taking tweets
+    return workers
 
 
 def needs(settings: Settings, services: Sequence[str]) -> set[str]:
@@ -372,11 +372,19 @@ async def run(
             supervisor.spawn("parent-watch", stop_when_orphaned(stopping))
         await _open_backends(ctx, needs(settings, here))
         names = [s.name for s in chosen]
+        gateways = None
         if workers > 1:  # started before any gRPC server: a fork then is cleaner for gRPC
-            await _start_workers(ctx, workers, "ingest" in here)
+            gateways = await _start_workers(ctx, workers, "ingest" in here)
             names.append(f"gateway × {workers}")
-        for service in chosen:
-            await service.start(ctx)
+        try:
+            for service in chosen:
+                await service.start(ctx)
+        except BaseException:
+            if gateways is not None:
+                await gateways.stop()
+            raise
+        if gateways is not None:  # registered last, so stopped first: no tweet after the drain
+            stack.push_async_callback(gateways.stop)
         announce(f"ready: {', '.join(names)} (Ctrl-C stops)")
         await stopping.wait()
     if supervisor.failures:

@@ -29,14 +29,18 @@ log = logging.getLogger("weathertweets")
 STOP_TIMEOUT = 30.0
 
 
+PARENT = "WT_PARENT_PID"  # set by the parent: a worker started after its death still knows
+
+
 def worker_environment(settings: Settings, publish: str) -> dict[str, str]:
     worker = {"WT_WORKERS": "1", "WT_REUSE_PORT": "1", "WT_GATEWAY_PUBLISH": publish}
+    worker[PARENT] = str(os.getpid())
     return {**os.environ, **settings.environment(), **worker, "PYTHONUNBUFFERED": "1"}
 
 
 async def stop_when_orphaned(stopping: asyncio.Event, every: float = 1.0) -> None:
     """In a worker: set `stopping` once the parent process is gone."""
-    parent = os.getppid()
+    parent = int(os.environ.get(PARENT) or os.getppid())
     while os.getppid() == parent:  # noqa: ASYNC110 - no event tells of a parent's death
         await asyncio.sleep(every)
     log.warning("the parent process %d is gone; stopping", parent)
@@ -73,22 +77,26 @@ class GatewayWorkers:
     async def _wait_ready(self, timeout: float = 60) -> None:
         host = self._settings.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{self._settings.port}/readyz"
         deadline = time.monotonic() + timeout
         while not await asyncio.to_thread(_ready, url):
             if any(p.returncode is not None for p in self._processes):
-                raise RuntimeError("a gateway worker exited while starting")
+                await self.stop()
+                raise OSError("a gateway worker exited while starting (its log is above)")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway workers were not ready within {timeout:.0f} s")
+                await self.stop()
+                raise OSError(f"the gateway workers were not ready within {timeout:.0f} s")
             await asyncio.sleep(0.2)
 
-    async def watch(self) -> None:
-        """Return when stopped; raise when a worker exits on its own."""
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Return when stopped; raise when a worker exits on its own (not while the process
+        stops: a process manager may signal every process of the group at once)."""
         waits = {asyncio.ensure_future(p.wait()): p for p in self._processes}
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiting in pending:
             waiting.cancel()
-        if self._stopping:
+        if self._stopping or stopping.is_set():
             return
         exited = waits[done.pop()]
         raise RuntimeError(f"gateway worker {exited.pid} exited with code {exited.returncode}")
@@ -97,10 +105,12 @@ class GatewayWorkers:
         self._stopping = True
         for process in self._processes:
             if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT  # one deadline for all of them
         for process in self._processes:
             try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 log.warning("gateway worker %d did not stop; killing it", process.pid)
                 process.kill()

@@ -216,6 +216,9 @@ class KafkaBroker:
                 continue
             except BufferError:
                 pass
+            except KafkaException as error:  # e.g. a fatal idempotence error: the rest never left
+                account(len(records) - index, str(error))
+                break
             if not await self._produce(producer, topic, record, delivered):
                 account(len(records) - index, "the local producer queue stayed full")
                 break
@@ -309,7 +312,10 @@ class KafkaConsumer:
         if not records:
             records = self._consumer.consume(1, timeout)
             if records and max_records > 1:
-                records += self._consumer.consume(max_records - 1, LINGER)
+                try:
+                    records += self._consumer.consume(max_records - 1, LINGER)
+                except KafkaException as error:  # the first is fetched: hand it over, never drop it
+                    log.warning("%s: %s", self._group, error)
         return list(records)
 
     async def commit(self, messages: Sequence[Message]) -> None:

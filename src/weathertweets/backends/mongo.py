@@ -101,11 +101,13 @@ class MongoStore:
         table (~0.5 µs a document), still far cheaper than `count_documents`, which decodes
         every document."""
         try:
-            found = await (
-                await self._collection.aggregate([{"$collStats": {"count": {}}}])
-            ).to_list(1)
-            return int(found[0]["count"]) if found else 0
+            stats = await self._collection.aggregate([{"$collStats": {"count": {}}}])
+            return sum(int(shard["count"]) for shard in await stats.to_list(None))  # per shard
         except OperationFailure:
+            pass  # a server without $collStats
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+        try:
             return await self._collection.estimated_document_count()
         except PyMongoError as error:
             raise BackendUnavailable(f"MongoDB: {error}") from error

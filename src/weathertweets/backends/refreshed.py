@@ -9,11 +9,14 @@ and the engine spends at most about a tenth of its time on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("weathertweets.store")
+FETCH_TIMEOUT = 120.0  # a scan that takes longer is abandoned; the next reader starts another
 
 
 class Refreshed(Generic[T]):
@@ -35,12 +38,14 @@ class Refreshed(Generic[T]):
     def _refresh(self) -> asyncio.Task[T]:
         if self._running is None:
             self._running = asyncio.create_task(self._run())
+            self._running.add_done_callback(_report)
         return self._running
 
     async def _run(self) -> T:
         started = time.monotonic()
         try:
-            value = await self._fetch()
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                value = await self._fetch()
         finally:
             self._running = None
         self._value, self._at, self._took = value, time.monotonic(), time.monotonic() - started
@@ -49,3 +54,9 @@ class Refreshed(Generic[T]):
     def forget(self) -> None:
         """The next call waits for a fresh result (after a write this process made)."""
         self._value = None
+
+
+def _report(task: asyncio.Task[object]) -> None:
+    """A refresh behind the readers failed: they keep the last value; say so once per failure."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("refreshing a store figure failed: %s", task.exception())
