@@ -15,6 +15,7 @@ from tests.conftest import Pipeline, free_port
 from tests.engines import RealNamespace
 from weathertweets import tracing
 from weathertweets.config import Settings
+from weathertweets.proto import confproto_pb2, confproto_pb2_grpc
 from weathertweets.runtime import SERVICES, run
 
 pytestmark = pytest.mark.e2e
@@ -54,12 +55,15 @@ def test_metrics_have_request_durations_and_grpc_calls(pipeline: Pipeline) -> No
         for service in ("", "weathertweets.v1.TweetIngest", "confproto.getInfo"):
             answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        # `up`'s gateway publishes in-process; a gRPC client (the original's) still reaches ingest
+        seed = confproto_pb2_grpc.getInfoStub(channel)
+        seed.returnInfo(confproto_pb2.requestId(texto="Lluvia", pais="Perú"), timeout=5)
     metrics = httpx.get(pipeline.url + "/metrics").text
     assert (
         'weathertweets_http_request_duration_seconds_bucket{le="0.005",route="/input",service="gateway"}'
         in metrics
     )
-    assert 'weathertweets_grpc_server_handled_total{code="OK",method="PublishBatch"}' in metrics
+    assert 'weathertweets_grpc_server_handled_total{code="OK",method="returnInfo"}' in metrics
     assert 'weathertweets_grpc_server_handled_total{code="OK",method="Check"}' in metrics
 
 
@@ -67,7 +71,7 @@ async def test_one_trace_spans_gateway_ingest_archiver_and_counter_on_real_kafka
     tmp_path: Path,
 ) -> None:
     """All four services in this process (as `up` runs them), on real Kafka, MongoDB and
-    Redis; the context crosses HTTP, gRPC on loopback and the Kafka record's headers."""
+    Redis; the context crosses HTTP, ingest's publishing step and the Kafka record's headers."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
