@@ -2,8 +2,9 @@
 
 The kernel spreads new connections over the processes, so the gateway's work, the largest share
 of a request, uses every core. Only the gateway is multiplied: the parent keeps running the
-services that must run once (ingest, the archiver, the counter), and the workers publish straight
-to the broker, which orders their records (one SQLite writer at a time, or Kafka). A worker that
+services that must run once (ingest, the archiver, the counter), and under `up` the workers
+publish straight to the broker, which orders their records (one SQLite writer at a time, or
+Kafka); under `serve gateway` they publish as `WT_GATEWAY_PUBLISH` says. A worker that
 dies stops the parent, which exits non-zero for its orchestrator to restart; a stop ends the
 workers first, so in-flight requests finish before the consumers drain.
 
@@ -27,8 +28,6 @@ from weathertweets.config import Settings
 log = logging.getLogger("weathertweets")
 
 STOP_TIMEOUT = 30.0
-
-
 PARENT = "WT_PARENT_PID"  # set by the parent: a worker started after its death still knows
 
 

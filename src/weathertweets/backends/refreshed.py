@@ -51,10 +51,6 @@ class Refreshed(Generic[T]):
         self._value, self._at, self._took = value, time.monotonic(), time.monotonic() - started
         return value
 
-    def forget(self) -> None:
-        """The next call waits for a fresh result (after a write this process made)."""
-        self._value = None
-
 
 def _report(task: asyncio.Task[object]) -> None:
     """A refresh behind the readers failed: they keep the last value; say so once per failure."""
