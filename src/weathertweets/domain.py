@@ -59,7 +59,9 @@ def clean_text(value: object, field: str, limit: int) -> str:
     """Trim and NFC-normalise one text field, or raise InvalidTweet naming it."""
     if not isinstance(value, str):
         raise InvalidTweet(f"'{field}' must be a string, not {_json_type(value)}", field)
-    text = unicodedata.normalize("NFC", value.strip())
+    text = value.strip()
+    if not text.isascii():  # ASCII is already NFC
+        text = unicodedata.normalize("NFC", text)
     if not text:
         raise InvalidTweet(f"'{field}' must not be empty", field)
     if len(text) > limit:
@@ -70,14 +72,17 @@ def clean_text(value: object, field: str, limit: int) -> str:
 
 
 def _pick(obj: Mapping[str, Any], aliases: Iterable[str], field: str) -> object:
-    found = [(name, obj[name]) for name in aliases if name in obj]
-    if not found:
+    chosen: str | None = None
+    for name in aliases:
+        if name not in obj:
+            continue
+        if chosen is None:
+            chosen = name
+        elif obj[name] != obj[chosen]:
+            raise InvalidTweet(f"'{chosen}' and '{name}' disagree; send one of them", field)
+    if chosen is None:
         raise InvalidTweet(f"'{field}' is required", field)
-    first = found[0][1]
-    for name, value in found[1:]:
-        if value != first:
-            raise InvalidTweet(f"'{found[0][0]}' and '{name}' disagree; send one of them", field)
-    return first
+    return obj[chosen]
 
 
 def clean_country(value: object, accept_unknown: bool = False) -> str:

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Histogram
 
@@ -62,7 +62,8 @@ async def _shed(send: Send) -> None:
 class Observed:
     """Gives each request an id (echoed as `x-request-id`), times it, counts it by route and
     status, logs one access line, and calls `on_response` hooks (the gateway counts rejections).
-    Past `max_concurrent` requests in progress it sheds load: 503 with Retry-After."""
+    Past `max_concurrent` requests in progress it sheds load: 503 with Retry-After.
+    `direct_paths`: small POSTs the server may hand over whole (`server.BoundedHttpTools`)."""
 
     def __init__(
         self,
@@ -72,8 +73,10 @@ class Observed:
         access_log: bool = True,
         on_response: ResponseHook | None = None,
         max_concurrent: int = 0,
+        direct_paths: Iterable[str] = (),
     ) -> None:
         self.app, self.service = app, service
+        self.direct_paths = frozenset(direct_paths)
         self._access_log = access_log
         self._on_response = on_response
         self._max_concurrent = max_concurrent  # 0: no cap

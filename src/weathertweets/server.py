@@ -7,6 +7,11 @@ can make us hold or wait for.
 - Bodies are bounded and timed by the handlers (`web.Request.body`).
 The count of bytes happens before the parser keeps them, so a huge header costs at most the
 limit plus one read.
+
+The direct lane: a small POST with a declared length to a path the app names in `direct_paths`
+is read whole by the protocol, then handed to the app with its body in the scope and its answer
+written in one send, without uvicorn's per-request cycle. The app sees the same ASGI calls; the
+hot path of the gateway pays for less machinery. Anything else takes uvicorn's path.
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
+from http import HTTPStatus
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from weathertweets.metrics import REJECTED
+from weathertweets.web import BODY_TIMEOUT, DIRECT_BODY
 
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT = 10.0
 KEEP_ALIVE = 30
+DIRECT_BODY_LIMIT = 64 * 1024  # larger bodies stream through uvicorn's path
 
 
 def _plain(status: bytes, code: str, message: str) -> bytes:
@@ -43,6 +51,38 @@ TOO_LARGE = _plain(
     f"the request line and headers exceed {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} fields",
 )
 TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request headers took too long")
+TOO_BROKEN = _plain(b"500 Internal Server Error", "internal", "internal error; see the server log")
+BODY_TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request body took too long")
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    return line
+
+
+class _Unwatched:
+    def set(self) -> None:
+        """Nothing waits on a direct request's body: it arrived whole."""
+
+
+class _DirectCycle:
+    """Stands where uvicorn keeps its current request while a direct one is in progress, so a
+    pipelined request queues behind it and a shutdown or a lost connection reaches it."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _Unwatched()
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.disconnected = False
+        self.response_complete = False
 
 
 class CoalescingTransport:
@@ -76,7 +116,10 @@ class CoalescingTransport:
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with limits on the head of each request."""
+    """uvicorn's httptools protocol with limits on the head of each request, and the direct
+    lane for the paths in `direct_paths` (set per server by `http_server`)."""
+
+    direct_paths: frozenset[bytes] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,6 +129,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = True
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._direct_body: bytearray | None = None  # a direct request's body, while it arrives
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -120,15 +164,94 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._in_head = False
         self._cancel_timer()
+        if self._takes_direct():
+            self._direct_body = bytearray()
+            self._head_timer = self.loop.call_later(BODY_TIMEOUT, self._refuse, BODY_TOO_SLOW)
+            return
         super().on_headers_complete()
 
+    def _takes_direct(self) -> bool:
+        if self.url not in self.direct_paths or self.parser.get_method() != b"POST":
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # pipelined behind a request in progress: keep the order uvicorn keeps
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = value
+            elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+                return False
+        return length is not None and length.isdigit() and int(length) <= DIRECT_BODY_LIMIT
+
     def on_body(self, body: bytes) -> None:
-        if not self._too_large:
+        if self._direct_body is not None:
+            self._direct_body += body
+        elif not self._too_large:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._too_large:
+        if self._direct_body is not None:
+            body, self._direct_body = bytes(self._direct_body), None
+            self._cancel_timer()
+            self._start_direct(body)
+        elif not self._too_large:
             super().on_message_complete()
+
+    def _start_direct(self, body: bytes) -> None:
+        version = self.parser.get_http_version()
+        cycle = _DirectCycle(version != "1.0" and self.parser.should_keep_alive())
+        self.cycle = cycle  # type: ignore[assignment]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "method": "POST",
+            "scheme": self.scheme,
+            "path": self.url.decode("ascii"),
+            "raw_path": self.url,
+            "query_string": b"",
+            "root_path": "",
+            "headers": self.headers,
+            "client": self.client,
+            "server": self.server,
+            "extensions": {DIRECT_BODY: body},
+        }
+        task = self.loop.create_task(self._answer_direct(scope, body, cycle))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _answer_direct(self, scope: dict[str, Any], body: bytes, cycle: _DirectCycle) -> None:
+        head: list[bytes] = []
+        content: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            if cycle.disconnected:
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                head.append(_status_line(message["status"]))
+                for name, value in (*self.server_state.default_headers, *message["headers"]):
+                    head.extend((name, b": ", value, b"\r\n"))
+            elif message["type"] == "http.response.body":
+                content.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            self.logger.exception("the app failed on a direct request")
+            head, content = [], [TOO_BROKEN]
+        if not head:
+            cycle.keep_alive = False  # no head sent: the canned answer closes
+        elif not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        if not cycle.disconnected and not self.transport.is_closing():
+            self.transport.write(b"".join((*head, b"\r\n" if head else b"", *content)))
+            if not cycle.keep_alive:
+                self.transport.close()
+        cycle.response_complete = True
+        self.on_response_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -148,6 +271,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         REJECTED.labels("headers_too_large" if answer is TOO_LARGE else "timeout").inc()
+        self._direct_body = None
         self.transport.write(answer)
         self.transport.close()
 
@@ -186,15 +310,19 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 async def http_server(
     app: Any, host: str, port: int, reuse_port: bool = False
 ) -> AsyncIterator[None]:
+    """`app`: ASGI; its `direct_paths` (if any) take the direct lane."""
     sock = bind(host, port, reuse_port)
+    paths = frozenset(path.encode() for path in getattr(app, "direct_paths", ()))
+    protocol = type("HttpProtocol", (BoundedHttpTools,), {"direct_paths": paths})
     config = uvicorn.Config(
         app,
         lifespan="off",
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # no code reads the client's address; a proxy's headers are data
         timeout_graceful_shutdown=15,
         timeout_keep_alive=KEEP_ALIVE,
-        http=BoundedHttpTools,
+        http=protocol,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -150,6 +150,7 @@ class Gateway:
             access_log=access_log,
             on_response=count_rejection,
             max_concurrent=max_concurrent,
+            direct_paths=WRITE_PATHS,
         )
         for path in TWEET_PATHS:
             self.router.add("POST", path, self.post_tweet)
