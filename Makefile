@@ -12,9 +12,9 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(
 RUNTIME_STAMP := $(VENV)/.runtime
 DEV_STAMP := $(VENV)/.dev
 DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/k8s/strimzi_crds.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/soak.py tools/k8s/strimzi_crds.py
 
-.PHONY: install dev run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench lock clean
+.PHONY: install dev run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench soak lock clean
 
 install: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
@@ -82,6 +82,13 @@ k8s-status:
 # wrk against a bare server, `up` and `stack` on the real engines (started here when missing).
 bench: dev services
 	$(BIN)/python tools/bench.py
+
+# `weathertweets up` left running at a steady rate: exactness, RSS/fd/thread trends, disk per
+# million tweets, latency trend and a chart (build/soak/). E.g. make soak DURATION=1h RATE=1000
+DURATION ?= 3m
+RATE ?= 1000
+soak: install
+	$(BIN)/python tools/soak.py --duration $(DURATION) --rate $(RATE)
 
 dashboards: dev
 	$(BIN)/python tools/dashboards.py

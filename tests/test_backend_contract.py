@@ -156,3 +156,12 @@ async def test_records_survive_a_restart(backends: Opened) -> None:
     async with opened(backends.namespace) as again:
         values = await _drain(again.broker, "after-restart", 1)
     assert values == [encode_record(tweet)]
+
+
+async def test_store_expire_deletes_only_what_came_before(backends: Opened) -> None:
+    store = backends.store
+    await store.archive(_archived(10, "Chile"))
+    assert await store.expire(datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)) == 5
+    assert await store.expire(datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)) == 0
+    kept = await store.recent("Chile", 100)
+    assert [d.tweet.texto for d in kept] == ["t9", "t8", "t7", "t6", "t5"]

@@ -51,6 +51,8 @@ from weathertweets.gendata import generate
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+# The app's energy model defaults (weathertweets.energy): watts of an idle and a busy vCPU.
+WATTS_IDLE, WATTS_BUSY = 0.71, 4.26
 ONLY = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
 WITH_STACK = os.environ.get("BENCH_STACK", "1") != "0"
 STATS_AT = int(os.environ.get("BENCH_STATS_AT", "0"))
@@ -79,6 +81,19 @@ wrk.headers["content-type"] = "application/json"
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*a")
 f:close()
+{pace}
+"""
+# An NDJSON body file: one tweet per line, sent in turn (varied texts and countries).
+ROTATING_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+local bodies = {}
+for line in io.lines("{body}") do bodies[#bodies + 1] = line end
+local turn = 0
+request = function()
+  turn = turn % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[turn])
+end
 {pace}
 """
 
@@ -298,7 +313,8 @@ def wrk_run(
 ) -> dict[str, float]:
     script = scripts / f"post-{body.stem}-{pace_ms:g}.lua"
     pace = f"function delay() return {pace_ms:g} end" if pace_ms else ""
-    script.write_text(POST_SCRIPT.replace("{body}", str(body)).replace("{pace}", pace))
+    template = ROTATING_SCRIPT if body.suffix == ".ndjson" else POST_SCRIPT
+    script.write_text(template.replace("{body}", str(body)).replace("{pace}", pace))
     command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
     done = subprocess.run(
         [*command, "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
@@ -421,6 +437,35 @@ def freshness(
             for group, counts in sorted(after.items())
         },
     }
+
+
+def efficiency(
+    wrk: str, server: Server, body: Path, peak: float, scripts: Path
+) -> dict[str, dict[str, float]]:
+    """CPU µs and joules (the app's energy model) per tweet at 10 %, 40 % and 100 % of `peak`
+    requests/s, with wrk paced as in `freshness`; CPU counted until the sinks caught up."""
+    assert server.process is not None
+    found = {}
+    for share in (0.1, 0.4, 1.0):
+        connections = 32
+        pace = connections * 1000 / (peak * share) if share < 1 else 0
+        pids = tree(server.process.pid)
+        before, started = sum(cpu_seconds(pids).values()), time.monotonic()
+        result = wrk_run(wrk, server.base + "/input", body, connections, SECONDS, scripts, pace)
+        server.acknowledged += int(result["requests"])
+        server.in_flight_bound += connections
+        server.caught_up()
+        cpu = sum(cpu_seconds(tree(server.process.pid)).values()) - before
+        wall = time.monotonic() - started
+        joules = cpu * (WATTS_BUSY - WATTS_IDLE) + wall * WATTS_IDLE
+        tweets = int(result["requests"])
+        found[f"{share:.0%}"] = {
+            "tweets_per_s": round(result["requests_per_s"]),
+            "cpu_us_per_tweet": round(cpu / tweets * 1e6, 1),
+            "joules_per_1000": round(joules / tweets * 1000, 2),
+            "http_p99_ms": result["p99_ms"],
+        }
+    return found
 
 
 def stats_latency(server: Server, times: int = 30) -> dict[str, float]:
@@ -600,6 +645,9 @@ def main() -> int:
                     report["freshness"][name] = freshness(
                         wrk, made[name], single, peak / 2, scratch
                     )
+            if "up" in used and "up" in report["cases"]:
+                peak = report["cases"]["up"]["tweets_per_s"]
+                report["efficiency"] = {"up": efficiency(wrk, made["up"], single, peak, scratch)}
             if STATS_AT and "stack" in used:
                 fill(wrk, made["stack"], batch[1000], STATS_AT, scratch)
             for name in used - {"bare"}:
@@ -664,6 +712,9 @@ def print_table(report: dict[str, Any]) -> None:
         )
     for name, fresh in report["freshness"].items():
         print(f"freshness {name}: {fresh}")
+    for name, shares in report.get("efficiency", {}).items():
+        for share, figures in shares.items():
+            print(f"efficiency {name} at {share} of peak: {figures}")
     for name, took in report["stats_latency"].items():
         print(f"GET /api/v1/stats on {name}: {took}")
     print(f"exact: {report['exact']}")

@@ -82,6 +82,19 @@ class Settings:
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
     ingest_metrics_port: int = setting(8002, "ingest HTTP port: /metrics and probes")
+    broker_retention_hours: float = setting(
+        24.0,
+        "embedded broker: records older than this go once every group committed them (0: kept)",
+    )
+    broker_retention_bytes: int = setting(
+        1 << 30, "embedded broker: the log trimmed oldest-first past this size (0: no limit)"
+    )
+    broker_retention_force: bool = setting(
+        False, "1: retention trims records a consumer group has not committed yet"
+    )
+    archive_retention_days: float = setting(
+        0.0, "the archive keeps tweets this many days, then the archiver deletes them (0: forever)"
+    )
     topic: str = setting("messages", "broker topic")
     partitions: int = setting(3, "partitions when the topic is created")
     store_collection: str = setting("register", "MongoDB collection of the archive")
@@ -140,6 +153,10 @@ class Settings:
         for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
+        if min(self.broker_retention_hours, self.broker_retention_bytes) < 0:
+            raise SettingError("WT_BROKER_RETENTION_HOURS and _BYTES: 0 (no limit) or more")
+        if self.archive_retention_days < 0:
+            raise SettingError("WT_ARCHIVE_RETENTION_DAYS: 0 (keep everything) or more")
         for name in ("partitions", "max_batch", "max_concurrent", "workers"):
             if getattr(self, name) < 1:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
     "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
@@ -48,6 +62,12 @@ POISON = Counter(
     "weathertweets_records_skipped", "Broker records that are not tweets, skipped", ["group"]
 )
 LAG = Gauge("weathertweets_consumer_lag", "Broker records not yet committed", ["group"])
+ARCHIVE_EXPIRED = Counter(
+    "weathertweets_archive_expired", "Archived tweets deleted by the archive retention"
+)
+BROKER_TRIMMED = Counter(
+    "weathertweets_broker_trimmed_records", "Records the embedded broker's retention deleted"
+)
 E2E_LATENCY = Histogram(
     "weathertweets_end_to_end_seconds",
     "From received_at to archived or counted",
@@ -71,6 +91,41 @@ E2E_LATENCY = Histogram(
         30,
     ),
 )
+
+
+class DataDirSize(Collector):
+    """`weathertweets_data_dir_bytes{file}`: each file of the embedded data directory, read
+    when scraped (the broker log, archive, counters and their WAL files)."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "weathertweets_data_dir_bytes",
+            "Size of each file in the data directory",
+            labels=["file"],
+        )
+        if self.path is not None:
+            try:
+                entries = list(os.scandir(self.path))
+            except OSError:
+                entries = []
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        family.add_metric([entry.name], entry.stat().st_size)
+                except OSError:
+                    continue  # gone between the listing and the stat
+        yield family
+
+
+DATA_DIR = DataDirSize()
+REGISTRY.register(DATA_DIR)
+
+
+def watch_data_dir(path: Path) -> None:
+    DATA_DIR.path = path
 
 
 def exposition() -> tuple[bytes, str]:

@@ -16,13 +16,15 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 from weathertweets import energy, tracing
 from weathertweets.access import Access, RateLimiter, load_keys
 from weathertweets.backends import open_broker, open_counters, open_idempotency, open_store
+from weathertweets.backends.sqlite_retention import Retention
 from weathertweets.config import SettingError, Settings
-from weathertweets.metrics import TASK_FAILURES
+from weathertweets.metrics import TASK_FAILURES, watch_data_dir
 from weathertweets.ports import BackendUnavailable, Broker, Counters, Idempotency, Store
 from weathertweets.server import http_server, is_loopback
 from weathertweets.services import archiver, counter
@@ -157,6 +159,15 @@ async def _consumer(ctx: Context, group: str, sink: Sink) -> None:
 async def _start_archiver(ctx: Context) -> None:
     assert ctx.store is not None
     await _consumer(ctx, archiver.GROUP, archiver.archive_sink(ctx.store))
+    if ctx.settings.archive_retention_days > 0:
+        keep = timedelta(days=ctx.settings.archive_retention_days)
+        expiry = ctx.supervisor.spawn("archive-retention", archiver.expire_forever(ctx.store, keep))
+
+        async def stop_expiry() -> None:  # before the store closes
+            expiry.cancel()
+            await asyncio.gather(expiry, return_exceptions=True)
+
+        ctx.stack.push_async_callback(stop_expiry)
     if ctx.alone:
         await ctx.serve_ops("archiver", ctx.settings.archiver_port)
         ctx.announce(
@@ -303,9 +314,21 @@ def _install_signal_handlers(stopping: asyncio.Event) -> None:
 
 async def _open_backends(ctx: Context, needed: set[str]) -> None:
     settings = ctx.settings
+    if any(
+        url.startswith("sqlite:")
+        for url in (settings.broker_url, settings.store_url, settings.counter_url)
+    ):
+        watch_data_dir(settings.data_dir.resolve())
     if "broker" in needed:
         broker = open_broker(
-            settings.broker_url, topic=settings.topic, partitions=settings.partitions
+            settings.broker_url,
+            topic=settings.topic,
+            partitions=settings.partitions,
+            retention=Retention(
+                max_age_s=settings.broker_retention_hours * 3600,
+                max_bytes=settings.broker_retention_bytes,
+                force=settings.broker_retention_force,
+            ),
         )
         ctx.broker = await ctx.stack.enter_async_context(started(broker))
         ctx.checks["broker"] = ctx.broker.ping

@@ -11,9 +11,13 @@ Engine clients are imported only when their scheme is used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from weathertweets.ports import Broker, Counters, Idempotency, Store
+
+if TYPE_CHECKING:
+    from weathertweets.backends.sqlite_retention import Retention
 
 
 class UnsupportedBackend(ValueError):
@@ -29,7 +33,10 @@ def _scheme(url: str, kind: str, known: tuple[str, ...]) -> str:
     return scheme
 
 
-def open_broker(url: str, *, topic: str = "messages", partitions: int = 3) -> Broker:
+def open_broker(
+    url: str, *, topic: str = "messages", partitions: int = 3, retention: Retention | None = None
+) -> Broker:
+    """`retention`: the embedded broker's (Kafka keeps its topic's own `retention.*`)."""
     if _scheme(url, "broker", ("sqlite", "kafka")) == "kafka":
         from weathertweets.backends.kafka import KafkaBroker
 
@@ -37,7 +44,7 @@ def open_broker(url: str, *, topic: str = "messages", partitions: int = 3) -> Br
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_broker import SqliteBroker
 
-    return SqliteBroker(path_from_url(url), topic)
+    return SqliteBroker(path_from_url(url), topic, retention)
 
 
 def open_store(url: str, *, collection: str = "register") -> Store:

@@ -9,6 +9,7 @@ Every time is a BSON date; `timestamp` repeats `received_at` under the original'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +71,13 @@ class MongoStore:
                 raise SinkRejected(f"MongoDB: {first}", [e["index"] for e in others]) from error
         except PyMongoError as error:
             raise BackendUnavailable(f"MongoDB: {error}") from error
+
+    async def expire(self, received_before: datetime) -> int:
+        try:
+            done = await self._collection.delete_many({"received_at": {"$lt": received_before}})
+        except PyMongoError as error:
+            raise BackendUnavailable(f"MongoDB: {error}") from error
+        return int(done.deleted_count)
 
     async def recent(self, pais: str | None, limit: int) -> list[ArchivedTweet]:
         """The newest tweets of every country come from a list refreshed behind the readers

@@ -48,6 +48,8 @@ class SqliteThread:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
+        # Takes effect on a new file only: deleted rows' pages can go back to the file system.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before we acknowledge anything that depends on it.
         conn.execute("PRAGMA synchronous = FULL")

@@ -75,6 +75,27 @@ class SqliteStore:
 
         return await self._db.run(query)
 
+    async def expire(self, received_before: datetime, chunk: int = 5000) -> int:
+        """In chunks, so the archiver's inserts queue between them, not behind one delete."""
+        cutoff = _us(received_before)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                gone = conn.execute(
+                    "DELETE FROM register WHERE id IN (SELECT id FROM register"
+                    " WHERE received_at_us < ? ORDER BY received_at_us LIMIT ?)",
+                    (cutoff, chunk),
+                ).rowcount
+                conn.execute("UPDATE meta SET value = value - ? WHERE key = 'documents'", (gone,))
+            if gone:
+                conn.execute("PRAGMA incremental_vacuum").fetchall()
+            return int(gone)
+
+        total = 0
+        while (gone := await self._db.run(delete)) > 0:
+            total += gone
+        return total
+
     async def ping(self) -> None:
         await self._db.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
