@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from weathertweets.backends.sqlite_broker import SqliteBroker
 from weathertweets.backends.sqlite_retention import Retention
 from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.domain import make_tweet
-from weathertweets.ports import ArchivedTweet, Record
+from weathertweets.ports import ArchivedTweet, BackendUnavailable, Record
 from weathertweets.services.archiver import expire_forever
 
 AGED = Retention(max_age_s=0.05, max_bytes=0, interval_s=3600, chunk=500)
@@ -154,3 +155,34 @@ async def test_the_archive_retention_pass_deletes_what_is_older_and_carries_on(
     assert await store.count() == 2
     assert [d.tweet.texto for d in await store.recent(None, 10)] == ["t3", "t2"]
     await store.close()
+
+
+async def test_an_open_group_that_has_not_committed_yet_holds_the_log(
+    opened: SqliteBroker, tmp_path: Path
+) -> None:
+    await _publish(opened, 100)
+    counter = opened.consumer("counter")  # open; its first sink call is still retrying
+    await _consume_all(opened, "archiver")
+    await asyncio.sleep(0.1)
+    trimmed = await opened.trimmer.trim()
+    assert (trimmed.records, trimmed.held_by) == (0, "counter")
+    assert [m.offset for m in await counter.poll(1000, 1)] == list(range(1, 101))
+    await counter.close()
+
+
+async def test_a_failed_read_while_lingering_loses_nothing(
+    opened: SqliteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _publish(opened, 3)
+    consumer = opened.consumer("archiver")
+    real, calls = consumer._db.run, []
+
+    async def flaky(job: Any) -> Any:
+        calls.append(job)
+        if len(calls) == 2:  # the read after the linger
+            raise BackendUnavailable("sqlite broker.db: database is locked")
+        return await real(job)
+
+    monkeypatch.setattr(consumer._db, "run", flaky)
+    assert [m.offset for m in await consumer.poll(100, 1)] == [1, 2, 3]
+    await consumer.close()

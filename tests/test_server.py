@@ -4,6 +4,8 @@ order, and gives up on bodies that never come."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -163,3 +165,52 @@ async def test_a_client_that_leaves_mid_request_costs_nothing(serve: Any) -> Non
     await asyncio.sleep(0.5)
     answer = await _exchange(port, _post(b"/input", b"sigo"))
     assert answer.endswith(b"/input direct sigo")
+
+
+async def test_a_pipelined_body_after_an_answer_is_a_body_not_a_head(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "HEAD_TIMEOUT", 0.5)
+    port = await serve(Echo(delay=0.2))
+    big = _post(b"/input", b"x" * 40_000)  # over the head limit, were it counted as head
+    small = _post(b"/input", b"y" * 100)
+    for second in (big, small):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_post(b"/input", b"one") + second[:120])
+        await asyncio.sleep(0.4)  # the first answer goes out before the rest arrives
+        writer.write(second[120:])
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):  # past HEAD_TIMEOUT: no stray 408 either
+                while chunk := await reader.read(65536):
+                    received += chunk
+        writer.close()
+        assert received.count(b"HTTP/1.1 202 ") == 2 and b" 431 " not in received
+        assert b" 408 " not in received and received.endswith(second[-100:][-20:])
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_buffered_for(serve: Any) -> None:
+    answer = b"z" * 16384
+    handled = 0
+
+    class Big(Echo):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            nonlocal handled
+            await receive()
+            handled += 1
+            headers = [(b"content-length", b"%d" % len(answer))]
+            await send({"type": "http.response.start", "status": 202, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+
+    port = await serve(Big())
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    for _ in range(600):  # ~10 MB of answers, were they all written; none is read
+        writer.write(_post(b"/input", b"{}"))
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.5)
+    writer.close()
+    assert 0 < handled < 400  # it stopped taking requests while the answers piled up

@@ -83,8 +83,9 @@ class Service:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
+        # Only the soak's own settings: a WT_* of the caller's shell would change what is measured.
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("WT_")},
             "WT_BROKER_RETENTION_HOURS": str(retention_hours),
             "WT_COUNTER_PORT": str(free_port()),
             "WT_ARCHIVER_PORT": str(free_port()),
@@ -161,6 +162,9 @@ def drive(service: Service, duration: float, rate: float, window: float) -> dict
         span = max(1, round(min(window, duration - elapsed)))
         run = wrk_run(wrk, service.base + "/input", bodies, connections, span, scratch, pace_ms)
         accepted += int(run["requests"])  # wrk_run fails the run on any non-2xx answer
+        # wrk pauses `pace_ms` after each answer, so the answer's own time slows the rate down:
+        # steer the pause by what the window achieved.
+        pace_ms = max(1.0, pace_ms * run["requests_per_s"] / rate)
         sample = {
             "t_s": round(time.monotonic() - started, 1),
             "accepted": accepted,
@@ -223,7 +227,10 @@ def main() -> int:
     parser.add_argument("--expect-trim", action="store_true", help="fail unless the broker trimmed")
     args = parser.parse_args()
     window = args.window or max(5.0, min(60.0, args.duration / 30))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the service on the way out
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.data_dir is not None and args.data_dir.exists() and any(args.data_dir.iterdir()):
+        parser.error(f"{args.data_dir} is not empty: the soak counts from an empty data dir")
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         data_dir = args.data_dir or Path(scratch) / "data"
         service = Service(data_dir, args.retention_hours)

@@ -165,6 +165,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = False
         self._cancel_timer()
         if self._takes_direct():
+            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            self.cycle = _DirectCycle(keep_alive)  # type: ignore[assignment]
             self._direct_body = bytearray()
             self._head_timer = self.loop.call_later(BODY_TIMEOUT, self._refuse, BODY_TOO_SLOW)
             return
@@ -190,6 +192,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_head, self._received = True, 0  # what follows is the next request's head
         if self._direct_body is not None:
             body, self._direct_body = bytes(self._direct_body), None
             self._cancel_timer()
@@ -198,13 +201,10 @@ class BoundedHttpTools(HttpToolsProtocol):
             super().on_message_complete()
 
     def _start_direct(self, body: bytes) -> None:
-        version = self.parser.get_http_version()
-        cycle = _DirectCycle(version != "1.0" and self.parser.should_keep_alive())
-        self.cycle = cycle  # type: ignore[assignment]
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": version,
+            "http_version": self.parser.get_http_version(),
             "method": "POST",
             "scheme": self.scheme,
             "path": self.url.decode("ascii"),
@@ -216,12 +216,14 @@ class BoundedHttpTools(HttpToolsProtocol):
             "server": self.server,
             "extensions": {DIRECT_BODY: body},
         }
+        cycle: _DirectCycle = self.cycle  # type: ignore[assignment]
         task = self.loop.create_task(self._answer_direct(scope, body, cycle))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
     async def _answer_direct(self, scope: dict[str, Any], body: bytes, cycle: _DirectCycle) -> None:
-        head: list[bytes] = []
+        """Run the app on a whole request; answer in one write, as uvicorn would have."""
+        started: MutableMapping[str, Any] = {}
         content: list[bytes] = []
 
         async def receive() -> dict[str, Any]:
@@ -231,31 +233,49 @@ class BoundedHttpTools(HttpToolsProtocol):
 
         async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                head.append(_status_line(message["status"]))
-                for name, value in (*self.server_state.default_headers, *message["headers"]):
-                    head.extend((name, b": ", value, b"\r\n"))
+                started.update(message)
             elif message["type"] == "http.response.body":
                 content.append(message.get("body", b""))
 
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            self.transport.close()  # shutting down past its grace period
+            raise
         except Exception:
             self.logger.exception("the app failed on a direct request")
-            head, content = [], [TOO_BROKEN]
-        if not head:
-            cycle.keep_alive = False  # no head sent: the canned answer closes
-        elif not cycle.keep_alive:
-            head.append(b"connection: close\r\n")
+            started.clear()
+        answer = self._response(cycle, started, b"".join(content))
+        if self.flow.write_paused and not cycle.disconnected:
+            await self.flow.drain()  # a client that does not read holds up its next request
         if not cycle.disconnected and not self.transport.is_closing():
-            self.transport.write(b"".join((*head, b"\r\n" if head else b"", *content)))
+            self.transport.write(answer)
             if not cycle.keep_alive:
                 self.transport.close()
         cycle.response_complete = True
         self.on_response_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_head, self._received = True, 0  # the next request on this connection
+    def _response(
+        self, cycle: _DirectCycle, started: MutableMapping[str, Any], body: bytes
+    ) -> bytes:
+        if "status" not in started:  # the app failed or never answered
+            cycle.keep_alive = False
+            return TOO_BROKEN
+        parts = [_status_line(started["status"])]
+        sized = False
+        for name, value in (*self.server_state.default_headers, *started.get("headers", ())):
+            lowered = name.lower()
+            if lowered == b"connection":
+                cycle.keep_alive = cycle.keep_alive and value.lower() != b"close"
+                continue
+            sized = sized or lowered == b"content-length"
+            parts += (name, b": ", value, b"\r\n")
+        if not sized:
+            parts.append(b"content-length: %d\r\n" % len(body))
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        return b"".join(parts)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()

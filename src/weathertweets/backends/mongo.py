@@ -72,12 +72,19 @@ class MongoStore:
         except PyMongoError as error:
             raise BackendUnavailable(f"MongoDB: {error}") from error
 
-    async def expire(self, received_before: datetime) -> int:
+    async def expire(self, received_before: datetime, chunk: int = 5000) -> int:
+        """In chunks of the oldest (by the `received_at` index): no single long delete."""
+        total = 0
         try:
-            done = await self._collection.delete_many({"received_at": {"$lt": received_before}})
+            while True:
+                old = self._collection.find({"received_at": {"$lt": received_before}}, {"_id": 1})
+                ids = [d["_id"] async for d in old.sort("received_at", 1).limit(chunk)]
+                if not ids:
+                    return total
+                done = await self._collection.delete_many({"_id": {"$in": ids}})
+                total += done.deleted_count
         except PyMongoError as error:
             raise BackendUnavailable(f"MongoDB: {error}") from error
-        return int(done.deleted_count)
 
     async def recent(self, pais: str | None, limit: int) -> list[ArchivedTweet]:
         """The newest tweets of every country come from a list refreshed behind the readers

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import msgspec
 from weathertweets.backends.sqlite import SqliteThread, transaction
 from weathertweets.backends.sqlite_retention import LogTrimmer, Retention
 from weathertweets.batching import Batcher
-from weathertweets.ports import Headers, Message, Record
+from weathertweets.ports import BackendUnavailable, Headers, Message, Record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (offset INTEGER PRIMARY KEY, value BLOB NOT NULL);
@@ -64,7 +64,8 @@ class SqliteBroker:
         self._writer = SqliteThread(path, SCHEMA, "broker")
         self._appender = Batcher(self._append, max_batch=20_000, max_in_flight=1)
         self._listeners: set[asyncio.Event] = set()
-        self.trimmer = LogTrimmer(self._writer, retention or Retention())
+        self._groups: list[str] = []  # of the consumers open in this process
+        self.trimmer = LogTrimmer(self._writer, retention or Retention(), lambda: self._groups)
         self._trimming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,7 +111,10 @@ class SqliteBroker:
             self._trimming = asyncio.get_running_loop().create_task(
                 self.trimmer.run(), name="broker-retention"
             )
-        return SqliteConsumer(self._path, group, self._writer, self._listeners, self.topic)
+        self._groups.append(group)
+        consumer = SqliteConsumer(self._path, group, self._writer, self._listeners, self.topic)
+        consumer.on_close = lambda: self._groups.remove(group)
+        return consumer
 
     async def ping(self) -> None:
         await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -142,22 +146,49 @@ class SqliteConsumer:
         self._published = asyncio.Event()
         listeners.add(self._published)
         self._next_offset: int | None = None
+        self._registered = False
+        self.on_close: Callable[[], None] = lambda: None
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if not self._registered:
+            await self._register()
         while True:
             self._published.clear()
             messages = await self._db.run(lambda conn: self._read(conn, max_records))
             if messages and len(messages) < max_records and LINGER:
-                await asyncio.sleep(LINGER)
-                more = partial(self._read, max_records=max_records - len(messages))
-                messages += await self._db.run(more)
+                messages += await self._linger(messages[0].offset, max_records - len(messages))
             remaining = deadline - loop.time()
             if messages or remaining <= 0:
                 return messages
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._published.wait(), min(remaining, _IDLE_POLL))
+
+    async def _linger(self, first: int, max_records: int) -> list[Message]:
+        """What arrives within LINGER after `first`; nothing read is ever dropped: a failed
+        read returns none (the next poll reads them), a cancelled one rewinds to `first`."""
+        try:
+            await asyncio.sleep(LINGER)
+            return await self._db.run(partial(self._read, max_records=max_records))
+        except BackendUnavailable:
+            return []
+        except asyncio.CancelledError:
+            self._next_offset = first
+            raise
+
+    async def _register(self) -> None:
+        """A group is known to retention from its first poll: what it has not committed stays."""
+
+        def register(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)",
+                    (self._group,),
+                )
+
+        await self._writer.run(register)
+        self._registered = True
 
     def _read(self, conn: sqlite3.Connection, max_records: int) -> list[Message]:
         if self._next_offset is None:
@@ -195,11 +226,14 @@ class SqliteConsumer:
 
     async def lag(self) -> int:
         def measure(conn: sqlite3.Connection) -> int:
-            last = conn.execute("SELECT coalesce(max(offset), 0) FROM log").fetchone()[0]
-            return max(0, int(last) + 1 - self._committed(conn))
+            low, high = conn.execute("SELECT min(offset), max(offset) FROM log").fetchone()
+            if high is None:
+                return 0
+            return max(0, int(high) + 1 - max(self._committed(conn), int(low)))  # trimmed: gone
 
         return await self._db.run(measure)
 
     async def close(self) -> None:
         self._listeners.discard(self._published)
+        self.on_close()
         await self._db.close()

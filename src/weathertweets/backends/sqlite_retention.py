@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from weathertweets.backends.sqlite import SqliteThread, transaction
@@ -21,7 +22,7 @@ from weathertweets.ports import BackendUnavailable
 
 log = logging.getLogger("weathertweets.broker")
 
-VACUUM_PAGES = 2048  # pages given back per step (8 MiB with 4 KiB pages)
+VACUUM_PAGES = 512  # pages given back per step: under the WAL's auto-checkpoint of 1 000
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,16 @@ class Trimmed:
 
 
 class LogTrimmer:
-    def __init__(self, writer: SqliteThread, retention: Retention) -> None:
+    def __init__(
+        self,
+        writer: SqliteThread,
+        retention: Retention,
+        open_groups: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
+        """`open_groups`: the groups consuming in this process, known before they commit."""
         self._writer = writer
         self.retention = retention
+        self._open_groups = open_groups
         self._warned: str | None = None
 
     async def run(self) -> None:
@@ -63,6 +71,10 @@ class LogTrimmer:
                 log.warning(
                     "broker retention: %s; retrying in %g s", error, self.retention.interval_s
                 )
+            except Exception:  # retention must outlive a bad pass; the log must not grow silently
+                log.exception(
+                    "broker retention failed; retrying in %g s", self.retention.interval_s
+                )
 
     async def trim(self) -> Trimmed:
         result = Trimmed()
@@ -72,7 +84,7 @@ class LogTrimmer:
             result.held_by = held_by
             if deleted < self.retention.chunk:
                 break
-        while freed := await self._writer.run(_vacuum_step):
+        while (freed := await self._writer.run(_vacuum_step)) > 0:
             result.pages_freed += freed
         if result.records:
             BROKER_TRIMMED.inc(result.records)
@@ -90,27 +102,30 @@ class LogTrimmer:
         self._warned = group
 
     def _trim_chunk(self, conn: sqlite3.Connection) -> tuple[int, str | None]:
-        """Delete up to `chunk` of the oldest records past retention: (deleted, held by)."""
-        rows = conn.execute(
-            "SELECT offset, at_ms FROM log ORDER BY offset LIMIT ?", (self.retention.chunk,)
-        ).fetchall()
-        newest = conn.execute("SELECT max(offset) FROM log").fetchone()[0]
-        cut = self._cut(conn, rows, newest) if rows else None
-        if cut is None:
-            return 0, None
-        held_by = None
-        if not self.retention.force:
-            slowest = conn.execute(
-                "SELECT grp, next_offset FROM positions ORDER BY next_offset LIMIT 1"
-            ).fetchone()
-            committed_below = slowest[1] if slowest else rows[0][0]  # every group is past it
-            if cut >= committed_below:
-                cut, held_by = committed_below - 1, slowest[0] if slowest else "(no group yet)"
-        if cut < rows[0][0]:
-            return 0, held_by
+        """Delete up to `chunk` of the oldest records past retention: (deleted, held by).
+        The groups' positions are read in the deleting transaction: no commit slips between."""
         with transaction(conn):
+            rows = conn.execute(
+                "SELECT offset, at_ms FROM log ORDER BY offset LIMIT ?", (self.retention.chunk,)
+            ).fetchall()
+            newest = conn.execute("SELECT max(offset) FROM log").fetchone()[0]
+            cut = self._cut(conn, rows, newest) if rows else None
+            if cut is None:
+                return 0, None
+            held_by = None
+            if not self.retention.force:
+                positions = dict(conn.execute("SELECT grp, next_offset FROM positions"))
+                for group in self._open_groups():
+                    positions.setdefault(group, 1)  # open, nothing committed yet
+                slowest = min(positions.items(), key=lambda gp: gp[1], default=None)
+                committed_below = slowest[1] if slowest else rows[0][0]  # every group is past
+                if cut >= committed_below:
+                    cut = committed_below - 1
+                    held_by = slowest[0] if slowest else "(no group yet)"
+            if cut < rows[0][0]:
+                return 0, held_by
             deleted = conn.execute("DELETE FROM log WHERE offset <= ?", (cut,)).rowcount
-        return deleted, held_by
+        return int(deleted), held_by
 
     def _cut(
         self, conn: sqlite3.Connection, rows: list[tuple[int, int | None]], newest: int
