@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from weathertweets.backends.sqlite_broker import SqliteBroker
+from weathertweets.backends.sqlite_broker import NEWEST, OLDEST, SqliteBroker
 from weathertweets.backends.sqlite_retention import Retention
 from weathertweets.backends.sqlite_store import SqliteStore
 from weathertweets.domain import make_tweet
@@ -186,3 +186,13 @@ async def test_a_failed_read_while_lingering_loses_nothing(
     monkeypatch.setattr(consumer._db, "run", flaky)
     assert [m.offset for m in await consumer.poll(100, 1)] == [1, 2, 3]
     await consumer.close()
+
+
+async def test_the_log_s_ends_are_read_from_the_index_not_a_scan(
+    opened: SqliteBroker, tmp_path: Path
+) -> None:
+    await _publish(opened, 10)
+    with sqlite3.connect(tmp_path / "broker.db") as conn:
+        for query in (NEWEST, OLDEST):  # lag() runs them every second in every consumer
+            plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+            assert "SCAN" not in plan, (query, plan)

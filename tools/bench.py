@@ -219,6 +219,9 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     acknowledged: int = 0
     in_flight_bound: int = 0
+    # Only the HTTP → Kafka edge (the peer's shape): exactness is the topic's record count.
+    kafka_topic: str = ""
+    kafka_url: str = ""
 
     def start(self, log: Path) -> None:
         with log.open("ab") as out:
@@ -351,7 +354,7 @@ def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
     assert server.process is not None
     pids = tree(server.process.pid)
     before = cpu_seconds(pids)
-    if server.name == "stack":
+    if server.name in ("stack", "edge"):
         before |= engine_cpu()
     sampler = PeakRss(server.process.pid)
     sampler.start()
@@ -362,7 +365,7 @@ def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
     sampler.done.set()
     sampler.join()
     after = cpu_seconds(tree(server.process.pid))
-    if server.name == "stack":
+    if server.name in ("stack", "edge"):
         after |= engine_cpu()
     tweets = int(result["requests"]) * case.tweets_per_request  # type: ignore[call-overload]
     server.acknowledged += tweets
@@ -373,7 +376,7 @@ def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
     ours = sum(v for n, v in cpu.items() if not n.startswith("engine:"))
     result["cpu_us_per_tweet_total"] = round(ours / tweets * 1e6, 1) if tweets else 0
     result["peak_rss_mb"] = {n: round(mb) for n, mb in sampler.peak.items()}
-    if server.name != "bare":
+    if server.name != "bare" and not server.kafka_topic:
         result["caught_up_s"] = round(server.caught_up(), 2)
     return result
 
@@ -534,6 +537,22 @@ def servers(scratch: Path, real: dict[str, str] | None) -> dict[str, Server]:
             "WT_WORKERS": STACK_WORKERS,
             "WT_GATEWAY_PUBLISH": STACK_PUBLISH,
         }
+        edge = f"{tag}e"
+        edge_port = free_port()
+        made["edge"] = Server(
+            "edge",
+            [*cli, "serve", "gateway", "--data-dir", str(scratch / "edge")],
+            f"http://127.0.0.1:{edge_port}",
+            {
+                **env,
+                "WT_TOPIC": edge,
+                "WT_PORT": str(edge_port),
+                "WT_GATEWAY_PUBLISH": "broker",
+                "WT_INGEST_METRICS_PORT": str(free_port()),
+            },
+            kafka_topic=edge,
+            kafka_url=real["WT_BROKER_URL"],
+        )
         made["stack"] = Server(
             "stack",
             [*cli, "stack", "--data-dir", str(scratch / "stack")],
@@ -563,6 +582,9 @@ def cases(made: dict[str, Server], single: Path, batch: dict[int, Path]) -> list
             Case("stack-1024", stack, "/input", single, connections=1024),
             Case("stack-batch-100", stack, "/api/v1/tweets", batch[100], 100, 64),
             Case("stack-batch-1000", stack, "/api/v1/tweets", batch[1000], 1000, 4),
+            Case("edge-256", made["edge"], "/input", single, connections=256),
+            Case("edge-1024", made["edge"], "/input", single, connections=1024),
+            Case("edge-batch-100", made["edge"], "/api/v1/tweets", batch[100], 100, 64),
         ]
     return [c for c in found if not ONLY or c.name in ONLY or c.name.startswith("bare")]
 
@@ -650,7 +672,7 @@ def main() -> int:
                 report["efficiency"] = {"up": efficiency(wrk, made["up"], single, peak, scratch)}
             if STATS_AT and "stack" in used:
                 fill(wrk, made["stack"], batch[1000], STATS_AT, scratch)
-            for name in used - {"bare"}:
+            for name in used - {"bare", "edge"}:
                 report["stats_latency"][name] = stats_latency(made[name])
             report["exact"] = {name: exact(made[name]) for name in sorted(used - {"bare"})}
             report["engines_rss_mb"] = engine_rss() if real else {}
@@ -684,7 +706,32 @@ def archive_count(mongo_url: str) -> int:
         return int(client.get_default_database()["register"].count_documents({}))
 
 
+def topic_records(kafka_url: str, topic: str) -> int:
+    """Records in a topic: the sum over its partitions of the high watermark minus the low."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    bootstrap = kafka_url.removeprefix("kafka://").split("?")[0]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        total = 0
+        for number in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, number), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
 def exact(server: Server) -> dict[str, int]:
+    if server.kafka_topic:
+        stored = topic_records(server.kafka_url, server.kafka_topic)
+        if not 0 <= stored - server.acknowledged <= server.in_flight_bound:
+            raise RuntimeError(
+                f"{server.name}: acknowledged {server.acknowledged}, {stored} in the topic, "
+                f"at most {server.in_flight_bound} were in flight"
+            )
+        return {"acknowledged": server.acknowledged, "in_topic": stored}
     server.caught_up()
     stats = server.stats()
     counted, archived = int(stats["total"]), int(stats["archived"])  # type: ignore[call-overload]

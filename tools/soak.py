@@ -147,6 +147,15 @@ def growth(values: list[float]) -> float:
     return round((after / before - 1) * 100, 1) if before else 0.0
 
 
+def trim_effect(samples: list[dict[str, Any]]) -> list[float | None]:
+    """Median p99 of the windows in which the broker trimmed, and of the others."""
+    trimmed: list[float] = []
+    quiet: list[float] = []
+    for before, sample in zip([{"trimmed": 0}, *samples], samples, strict=False):
+        (trimmed if sample["trimmed"] > before["trimmed"] else quiet).append(sample["p99_ms"])
+    return [statistics.median(found) if found else None for found in (trimmed, quiet)]
+
+
 def drive(service: Service, duration: float, rate: float, window: float) -> dict[str, Any]:
     wrk = ensure_wrk()
     scratch = Path(tempfile.mkdtemp(prefix="soak-wrk-"))
@@ -260,6 +269,7 @@ def main() -> int:
             name: round(mb * 1e6 / accepted * 1e6) for name, mb in last["files_mb"].items()
         } if accepted else {},
         "p99_ms_first_last": [samples[0]["p99_ms"], samples[-1]["p99_ms"]] if samples else [],
+        "p99_ms_median_windows_with_and_without_trim": trim_effect(samples),
         "cpu_us_per_tweet": round(last["cpu_s"] / accepted * 1e6, 1) if accepted else 0,
         "samples": samples,
     }  # fmt: skip

@@ -108,7 +108,7 @@ class LogTrimmer:
             rows = conn.execute(
                 "SELECT offset, at_ms FROM log ORDER BY offset LIMIT ?", (self.retention.chunk,)
             ).fetchall()
-            newest = conn.execute("SELECT max(offset) FROM log").fetchone()[0]
+            newest = conn.execute("SELECT max(offset) FROM log").fetchone()[0]  # from the edge
             cut = self._cut(conn, rows, newest) if rows else None
             if cut is None:
                 return 0, None
