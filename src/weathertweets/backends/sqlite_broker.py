@@ -52,7 +52,7 @@ OLDEST = "SELECT min(offset) FROM log"
 _IDLE_POLL = 0.05  # seconds between looks at the file when another process publishes
 # Once a record is there, a consumer waits this long for more: at everyday rates a sink call
 # and a commit then carry many records instead of one each (measured: CPU a tweet at 40 % of
-# peak 2.4× → 1.6× that at peak; a publish linger was tried too and cost peak and p99).
+# peak 2.4× → 1.2–1.6× that at peak; a publish linger was tried too and cost peak and p99).
 LINGER = 0.05
 
 
