@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import httpx
 from weathertweets.gendata import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ensure_wrk, wrk_run
+from bench import ensure_wrk, free_port, wrk_run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "soak"
@@ -46,12 +45,6 @@ def seconds(text: str) -> float:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r}: a duration like 90s, 3m or 1h")
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, float]:
