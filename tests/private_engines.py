@@ -105,41 +105,15 @@ class PrivateKafka(PrivateEngine):
         return f"kafka://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        (jars,) = ENGINES.glob("kafka-*")
         controller = free_port()
-        properties = self.folder / "server.properties"
-        properties.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                    f"log.dirs={self.folder / 'data'}",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=3",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                ]
-            )
-        )
-        java = [
-            "java", "-Xms128m", "-Xmx384m",
-            f"-Dlog4j2.configurationFile={ROOT / 'tools/engines/kafka/log4j2.xml'}",
-            "-cp", f"{jars}/*",
-        ]  # fmt: skip
-        tool = [*java, "kafka.tools.StorageTool"]
-        cluster = subprocess.run(
-            [*tool, "random-uuid"], capture_output=True, text=True, check=True
-        ).stdout.split()[-1]
-        subprocess.run(
-            [*tool, "format", "-t", cluster, "-c", str(properties)],
-            capture_output=True,
-            check=True,
-        )
-        return [*java, "kafka.Kafka", str(properties)]
+        node = ROOT / "tools" / "engines" / "kafka-node.sh"
+        voters = f"1@127.0.0.1:{controller}"
+        return [
+            str(node),
+            str(self.folder),
+            "1",
+            "127.0.0.1",
+            str(self.port),
+            str(controller),
+            voters,
+        ]

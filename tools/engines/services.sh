@@ -21,7 +21,7 @@ KAFKA_LIB=$CACHE/kafka-$KAFKA_VERSION
 FERRETDB_BIN=$CACHE/bin/ferretdb-embedded
 
 KAFKA_PORT=${WT_KAFKA_PORT:-19092}
-KAFKA_CONTROLLER_PORT=${WT_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_NODES=${KAFKA_NODES:-1}
 REDIS_PORT=${WT_REDIS_PORT:-16379}
 MONGO_PORT=${WT_MONGO_PORT:-27018}
 PROMETHEUS_PORT=${WT_PROMETHEUS_PORT:-19090}
@@ -113,38 +113,43 @@ start_redis() {
   wait_port redis "$REDIS_PORT" 20 "$dir/redis.log"
 }
 
+# One node by default; KAFKA_NODES=3 runs three (ports PORT, PORT+100, PORT+200; controllers on
+# the next port up each), topics with three replicas and min.insync.replicas=2.
+kafka_node_port() { echo $((KAFKA_PORT + 100 * ($1 - 1))); }
+
 start_kafka() {
-  running kafka && return 0
-  local dir=$RUN/kafka
-  mkdir -p "$dir/data"
-  cat >"$dir/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$dir/data
-num.partitions=3
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-PROPS
-  local java=(java -Xms256m -Xmx512m -XX:+UseG1GC "-Dlog4j2.configurationFile=$HERE/kafka/log4j2.xml"
-    -cp "$KAFKA_LIB/*")
-  if [[ ! -f $dir/data/meta.properties ]]; then
-    local cluster_id
-    cluster_id=$("${java[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
-    "${java[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
-      >>"$dir/kafka.log" 2>&1
-  fi
-  launch kafka "$KAFKA_PORT" "$dir/kafka.log" "${java[@]}" kafka.Kafka "$dir/server.properties"
-  wait_port kafka "$KAFKA_PORT" 90 "$dir/kafka.log"
+  local node voters=() quorum cluster_id name dir port
+  for ((node = 1; node <= KAFKA_NODES; node++)); do
+    voters+=("$node@127.0.0.1:$(($(kafka_node_port "$node") + 1))")
+  done
+  quorum=$(IFS=,; echo "${voters[*]}")
+  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  for ((node = 1; node <= KAFKA_NODES; node++)); do
+    name=$(kafka_node_name "$node")
+    running "$name" && continue
+    dir=$RUN/$name port=$(kafka_node_port "$node")
+    [[ -f $dir/voters && $(cat "$dir/voters") != "$quorum" ]] &&
+      die "$dir belongs to another KAFKA_NODES; run 'make services-down' and remove $RUN/kafka*"
+    mkdir -p "$dir"
+    echo "$quorum" >"$dir/voters"
+    launch "$name" "$port" "$dir/kafka.log" "$HERE/kafka-node.sh" "$dir" "$node" 127.0.0.1 \
+      "$port" $((port + 1)) "$quorum" "$cluster_id"
+  done
+  for ((node = 1; node <= KAFKA_NODES; node++)); do
+    name=$(kafka_node_name "$node")
+    wait_port "$name" "$(kafka_node_port "$node")" 90 "$RUN/$name/kafka.log"
+  done
+}
+
+# The first node keeps the single node's name and folder: `kafka`, then `kafka-2`, `kafka-3`.
+kafka_node_name() { (($1 == 1)) && echo kafka || echo "kafka-$1"; }
+
+kafka_bootstrap() {
+  local node servers=()
+  for ((node = 1; node <= KAFKA_NODES; node++)); do
+    servers+=("127.0.0.1:$(kafka_node_port "$node")")
+  done
+  (IFS=,; echo "${servers[*]}")
 }
 
 start_mongo() {
@@ -177,7 +182,7 @@ JSON
 write_env() {
   cat >"$ENV_FILE" <<ENV
 # Written by \`make services\`: set -a; . ./.services.env; set +a
-WT_BROKER_URL=kafka://127.0.0.1:$KAFKA_PORT
+WT_BROKER_URL=kafka://$(kafka_bootstrap)
 WT_STORE_URL=mongodb://127.0.0.1:$MONGO_PORT/weathertweets
 WT_COUNTER_URL=redis://127.0.0.1:$REDIS_PORT/0
 WT_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
@@ -185,12 +190,21 @@ WT_PROMETHEUS_TARGETS_FILE=$TARGETS
 ENV
 }
 
+# Every Kafka node this folder knows: those KAFKA_NODES asks for and any still running.
+kafka_nodes() {
+  local node=$KAFKA_NODES
+  while [[ -f $RUN/kafka-$((node + 1)).pid ]]; do node=$((node + 1)); done
+  echo "$node"
+}
+
 status() {
   printf '%-11s %-8s %-9s %s\n' service state pid address
-  local name port pid state
-  for name in kafka redis ferretdb prometheus; do
+  local name port pid state node names=()
+  for ((node = 1; node <= $(kafka_nodes); node++)); do names+=("$(kafka_node_name "$node")"); done
+  for name in "${names[@]}" redis ferretdb prometheus; do
     case $name in
-    kafka) port=$KAFKA_PORT ;;
+    kafka) port=$(kafka_node_port 1) ;;
+    kafka-*) port=$(kafka_node_port "${name#kafka-}") ;;
     redis) port=$REDIS_PORT ;;
     ferretdb) port=$MONGO_PORT ;;
     prometheus) port=$PROMETHEUS_PORT ;;
@@ -221,8 +235,9 @@ up() {
 }
 
 down() {
-  local name pid i
-  for name in prometheus kafka ferretdb redis; do
+  local name pid i node names=()
+  for ((node = 1; node <= $(kafka_nodes); node++)); do names+=("$(kafka_node_name "$node")"); done
+  for name in prometheus "${names[@]}" ferretdb redis; do
     running "$name" || { rm -f "$RUN/$name.pid"; continue; }
     pid=$(cat "$RUN/$name.pid")
     kill -TERM "$pid" 2>/dev/null || true
