@@ -113,3 +113,35 @@ def test_every_flag_comes_from_a_declared_setting() -> None:
     }
     declared = {"--" + f.name.replace("_", "-") for f in fields(Settings)}
     assert flags and flags <= declared
+
+
+def test_stack_replicas_are_parsed_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weathertweets.stack import Stack, parse_replicas
+
+    assert parse_replicas("ingest=2, counter=3") == {
+        "ingest": 2,
+        "archiver": 1,
+        "counter": 3,
+        "gateway": 1,
+    }
+    for bad in ("ingest", "queue=2", "ingest=x", "ingest=0", "ingest=10"):
+        assert main(["stack", "--data-dir", str(tmp_path), "--replicas", bad]) == 2
+        assert "--replicas" in capsys.readouterr().err
+    # Two consumers in one group need partitions to share: the embedded broker has one.
+    assert main(["stack", "--data-dir", str(tmp_path), "--replicas", "counter=2"]) == 2
+    assert "needs Kafka" in capsys.readouterr().err
+    settings = Settings(broker_url="kafka://k:9092").resolve()
+    stack = Stack(settings, tmp_path, parse_replicas("gateway=2,ingest=2,counter=2"))
+    ingests = "ipv4:127.0.0.1:50051,127.0.0.1:50151"
+    assert {n: (c.port, c.settings.ingest_target) for n, c in stack.children.items()} == {
+        "ingest-1": (8002, ingests),
+        "ingest-2": (8102, ingests),
+        "archiver": (8001, ingests),
+        "counter-1": (8000, ingests),
+        "counter-2": (8100, ingests),
+        "gateway-1": (8080, ingests),
+        "gateway-2": (8180, ingests),
+    }
+    assert stack.children["ingest-2"].settings.ingest_port == 50151

@@ -90,6 +90,47 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
     assert "exited (0)" in stack.output
 
 
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_stack_replicas_share_the_work_and_stay_exact(tmp_path: Path) -> None:
+    """Two of each service: both gateways take tweets, both ingests publish, each group's two
+    members share the partitions, and every tweet is archived and counted once."""
+    namespace = RealNamespace.fresh()
+    env = {**namespace.env, **_ports(), "WT_DATA_DIR": str(tmp_path)}
+    replicas = ["--replicas", "gateway=2,ingest=2,archiver=2,counter=2"]
+    stack = ServiceProcess(["stack", *replicas], tmp_path / "stack.log", env).start()
+    port = {name: int(env[f"WT_{name}PORT"]) for name in ("", "INGEST_METRICS_", "ARCHIVER_")}
+    try:
+        deadline = time.monotonic() + 120
+        while "stack ready" not in stack.output:
+            assert time.monotonic() < deadline and "did not become ready" not in stack.output
+            time.sleep(0.2)
+        assert "gateway-2" in stack.output and "counter-2" in stack.output
+        records = generate(6000, seed=5)
+        gateways = [f"http://127.0.0.1:{port['']}", f"http://127.0.0.1:{port[''] + 100}"]
+        accepted = _send(gateways[0], records[:3000], batch=0)
+        accepted += _send(gateways[1], records[3000:], batch=0)
+        assert accepted == 6000
+        countries = namespace.wait_exact(6000)
+        assert countries == dict(Counter(r["pais"] for r in records))
+        published = [
+            _metric(port["INGEST_METRICS_"] + step, "weathertweets_tweets_published_total")
+            for step in (0, 100)
+        ]
+        archived = [
+            _metric(port["ARCHIVER_"] + step, "weathertweets_records_processed_total")
+            for step in (0, 100)
+        ]
+        assert sum(published) == 6000 and min(published) > 0, published
+        assert sum(archived) >= 6000 and min(archived) > 0, archived  # replays are harmless
+    finally:
+        code = stack.stop(timeout=90)
+    assert code == 0, stack.output[-2000:]
+
+
 def _run_every_dashboard_query(
     namespace: RealNamespace, prometheus: str, top_country: dict[str, int]
 ) -> None:

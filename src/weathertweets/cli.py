@@ -76,10 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from weathertweets.stack import run_stack
+    from weathertweets.stack import parse_replicas, run_stack
 
     settings = _settings(args)
-    return run_stack(settings, args.log_dir or settings.data_dir / "logs")
+    replicas = parse_replicas(args.replicas)
+    return run_stack(settings, args.log_dir or settings.data_dir / "logs", replicas)
 
 
 def cmd_gen_data(args: argparse.Namespace) -> int:
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_server_flags(stack)
     stack.add_argument("--log-dir", type=Path, help="one log per service (default <data-dir>/logs)")
+    stack.add_argument(
+        "--replicas",
+        default="",
+        metavar="SERVICE=N,...",
+        help="instances per service, e.g. gateway=2,ingest=2,archiver=2,counter=2 (each its own"
+        " process; instance N on every port + 100 × (N − 1); several consumers need Kafka)",
+    )
     stack.set_defaults(func=cmd_stack)
 
     gen = command("gen-data", "write realistic tweets (Spanish texts, 90 countries) to a file")

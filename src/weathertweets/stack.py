@@ -2,6 +2,11 @@
 
 A service that dies is reported at once with its exit code and log, and is never restarted
 behind the operator's back; the stack then exits non-zero when it is stopped.
+
+`--replicas ingest=2,counter=2` runs several instances of a service, each its own process:
+instance N listens on every port of the first plus 100 × (N − 1) (`ingest-2`: gRPC 50151,
+HTTP 8102). The gateways balance over every ingest; the archivers share one consumer group,
+the counters another, and the broker shares the partitions among them.
 """
 
 from __future__ import annotations
@@ -15,20 +20,62 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from weathertweets.config import Settings
+from weathertweets.config import SettingError, Settings
 
 START_ORDER = ("ingest", "archiver", "counter", "gateway")
 STOP_ORDER = ("gateway", "ingest", "archiver", "counter")  # stop taking tweets, then drain
+PORT_STEP = 100
+MAX_REPLICAS = 9
+CONSUMERS = ("archiver", "counter")
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`ingest=2,counter=3` → instances of each service (1 where not named)."""
+    counts = dict.fromkeys(START_ORDER, 1)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, number = part.partition("=")
+        if name.strip() not in counts or not number.strip().isdigit():
+            raise SettingError(
+                f"--replicas {text!r}: expected service=N,... for {', '.join(START_ORDER)}"
+            )
+        counts[name.strip()] = int(number)
+    for name, count in counts.items():
+        if not 1 <= count <= MAX_REPLICAS:
+            raise SettingError(f"--replicas: {name}={count}, expected 1 to {MAX_REPLICAS}")
+    return counts
+
+
+def instance_settings(settings: Settings, index: int) -> Settings:
+    """Instance `index` (from 0) of a service: every port moved up by PORT_STEP × index."""
+    step = PORT_STEP * index
+    return replace(
+        settings,
+        port=settings.port + step,
+        ingest_port=settings.ingest_port + step,
+        ingest_metrics_port=settings.ingest_metrics_port + step,
+        archiver_port=settings.archiver_port + step,
+        counter_port=settings.counter_port + step,
+    )
+
+
+def _http_port(service: str, settings: Settings) -> int:
+    return {
+        "gateway": settings.port,
+        "ingest": settings.ingest_metrics_port,
+        "archiver": settings.archiver_port,
+        "counter": settings.counter_port,
+    }[service]
 
 
 @dataclass
 class Child:
     name: str
-    port: int
+    service: str
+    settings: Settings
     log: Path
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
@@ -42,6 +89,10 @@ class Child:
         if code is not None:
             return f"exited ({code})"
         return "ready" if self.ready else "starting"
+
+    @property
+    def port(self) -> int:
+        return _http_port(self.service, self.settings)
 
 
 def _answers_200(url: str) -> bool:
@@ -59,29 +110,38 @@ def child_environment(settings: Settings) -> dict[str, str]:
 class Stack:
     settings: Settings
     log_dir: Path
+    replicas: dict[str, int] = field(default_factory=lambda: dict.fromkeys(START_ORDER, 1))
     children: dict[str, Child] = field(default_factory=dict)
     stopping: bool = False
 
     def __post_init__(self) -> None:
-        ports = {
-            "gateway": self.settings.port,
-            "ingest": self.settings.ingest_metrics_port,
-            "archiver": self.settings.archiver_port,
-            "counter": self.settings.counter_port,
-        }
-        self.children = {
-            name: Child(name, ports[name], self.log_dir / f"{name}.log") for name in START_ORDER
-        }
+        several = [name for name in CONSUMERS if self.replicas[name] > 1]
+        if several and not self.settings.broker_url.startswith("kafka://"):
+            raise SettingError(
+                f"several {' and '.join(several)} instances share their broker's partitions:"
+                " that needs Kafka (WT_BROKER_URL=kafka://...); the embedded broker has one"
+            )
+        base = self.settings
+        if self.replicas["ingest"] > 1 and base.ingest_target == f"127.0.0.1:{base.ingest_port}":
+            ingests = (instance_settings(base, i) for i in range(self.replicas["ingest"]))
+            targets = ",".join(f"{self.host}:{s.ingest_port}" for s in ingests)
+            base = replace(base, ingest_target=f"ipv4:{targets}")
+        for service in START_ORDER:
+            count = self.replicas[service]
+            for index in range(count):
+                name = service if count == 1 else f"{service}-{index + 1}"
+                log = self.log_dir / f"{name}.log"
+                self.children[name] = Child(name, service, instance_settings(base, index), log)
 
     def report(self, line: str) -> None:
         print(line, flush=True)
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = child_environment(self.settings)
         for child in self.children.values():
             log = child.log.open("ab")
-            command = [sys.executable, "-m", "weathertweets.cli", "serve", child.name]
+            command = [sys.executable, "-m", "weathertweets.cli", "serve", child.service]
+            env = child_environment(child.settings)
             child.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
             )
@@ -103,11 +163,15 @@ class Stack:
     def host(self) -> str:
         return "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
 
+    def gateways(self) -> str:
+        ports = [c.port for c in self.children.values() if c.service == "gateway"]
+        return " or ".join(f"http://{self.host}:{port}/input" for port in ports)
+
     def _write_prometheus_targets(self) -> None:
         if not self.settings.prometheus_targets_file:
             return
         groups = [
-            {"targets": [f"{self.host}:{c.port}"], "labels": {"service": c.name}}
+            {"targets": [f"{self.host}:{c.port}"], "labels": {"service": c.service}}
             for c in self.children.values()
         ]
         target = Path(self.settings.prometheus_targets_file)
@@ -117,11 +181,11 @@ class Stack:
         scratch.replace(target)  # Prometheus must never read half a file
 
     def table(self) -> str:
-        rows = [f"{'service':<9} {'pid':>7}  {'state':<12} {'address':<22} log"]
+        rows = [f"{'service':<11} {'pid':>7}  {'state':<12} {'address':<22} log"]
         for c in self.children.values():
             pid = c.process.pid if c.process else "-"
             address = f"http://{self.host}:{c.port}"
-            rows.append(f"{c.name:<9} {pid:>7}  {c.state:<12} {address:<22} {c.log}")
+            rows.append(f"{c.name:<11} {pid:>7}  {c.state:<12} {address:<22} {c.log}")
         return "\n".join(rows)
 
     def _report_deaths(self) -> bool:
@@ -146,26 +210,31 @@ class Stack:
             time.sleep(0.3)
 
     def stop(self, timeout: float = 30) -> int:
-        for name in STOP_ORDER:
-            child = self.children[name]
-            if child.process is None or child.process.poll() is not None:
-                continue
-            child.process.send_signal(signal.SIGTERM)
-            try:
-                child.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.report(f"!! {name} did not stop within {timeout:.0f}s; killing it")
-                child.process.kill()
-                child.process.wait()
+        """Each service's instances together, services in STOP_ORDER."""
+        for service in STOP_ORDER:
+            group = [c for c in self.children.values() if c.service == service]
+            live = [c for c in group if c.process is not None and c.process.poll() is None]
+            for child in live:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for child in live:
+                assert child.process is not None
+                try:
+                    child.process.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.report(f"!! {child.name} did not stop within {timeout:.0f}s; killing it")
+                    child.process.kill()
+                    child.process.wait()
         self.report(self.table())
         clean = all(c.process and c.process.returncode == 0 for c in self.children.values())
         return 0 if clean else 1
 
 
-def run_stack(settings: Settings, log_dir: Path) -> int:
+def run_stack(settings: Settings, log_dir: Path, replicas: dict[str, int] | None = None) -> int:
     if not settings.internal_token:  # the gateway and ingest processes share this secret
         settings.internal_token = secrets.token_urlsafe(32)
-    stack = Stack(settings, log_dir)
+    stack = Stack(settings, log_dir, replicas or dict.fromkeys(START_ORDER, 1))
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         stack.stopping = True
@@ -176,9 +245,7 @@ def run_stack(settings: Settings, log_dir: Path) -> int:
     ready = stack.wait_ready()
     stack.report(stack.table())
     if ready:
-        stack.report(
-            f"stack ready: post to http://{stack.host}:{settings.port}/input (Ctrl-C stops)"
-        )
+        stack.report(f"stack ready: post to {stack.gateways()} (Ctrl-C stops)")
         stack.watch()
     else:
         stack.report("!! the stack did not become ready; stopping it")
