@@ -54,6 +54,6 @@ PROPS
 java=(java -Xms128m "-Xmx${KAFKA_HEAP:-512m}" -XX:+UseG1GC
   "-Dlog4j2.configurationFile=$ROOT/tools/engines/kafka/log4j2.xml" -cp "$LIB/*")
 if [[ ! -f $DIR/data/meta.properties ]]; then
-  "${java[@]}" kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$DIR/server.properties" >&2
+  "${java[@]}" kafka.tools.StorageTool format "--cluster-id=$CLUSTER_ID" -c "$DIR/server.properties" >&2 # may start with "-"
 fi
 exec "${java[@]}" kafka.Kafka "$DIR/server.properties"
