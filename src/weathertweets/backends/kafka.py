@@ -3,8 +3,12 @@
 `kafka://host:9092[,host2:9092][?librdkafka.option=value&...]`. The producer is idempotent with
 acks=all; `publish` returns once every record of the call is acknowledged by the cluster; keys
 and headers travel with the records. Each consumer runs its (not thread-safe) librdkafka handle
-on one thread of its own, commits explicitly, and starts from the earliest record when its
-group has no position yet. Dead letters go to `<topic>.dlq` with the group, the reason and the
+on one thread of its own and starts from the earliest record when its group has no position
+yet. `commit` stores a batch's offsets once the sinks have it, and librdkafka commits what is
+stored every second, at a rebalance and at close, in the background: a synchronous commit held
+by a coordinator that vanished blocked the loop, which then never served the rebalance that
+would have moved it to a live coordinator. A crash replays up to a second of records more; the
+sinks absorb replays. Dead letters go to `<topic>.dlq` with the group, the reason and the
 source position in their headers. librdkafka's logs and errors go to Python logging.
 """
 
@@ -38,6 +42,14 @@ from weathertweets.ports import BackendUnavailable, Message, Record
 log = logging.getLogger("weathertweets.kafka")
 R = TypeVar("R")
 
+# Every client, unless the URL says otherwise. A broker that vanishes without closing its
+# connections (a host lost, a network cut) would hold a request for librdkafka's default 60 s
+# (a consumer's commit, and with it the whole consume loop); 10 s, then retry elsewhere.
+CLIENT_DEFAULTS = {
+    "socket.timeout.ms": 10_000,
+    "socket.connection.setup.timeout.ms": 10_000,
+    "topic.metadata.refresh.interval.ms": 10_000,  # learn moved leaders without an error first
+}
 PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
@@ -47,15 +59,22 @@ PRODUCER_DEFAULTS = {
     "batch.size": 1_048_576,
     "queue.buffering.max.messages": 1_000_000,
     "delivery.timeout.ms": 30_000,
+    # A produce sent to a leader that has just vanished waits this long, then goes to the new
+    # one (the idempotent producer keeps the retry exactly-once).
+    "request.timeout.ms": 5_000,
 }
 LINGER = 0.01  # seconds a consumer waits for more once a record arrived: fewer, larger sink calls
 CONSUMER_DEFAULTS = {
-    "enable.auto.commit": False,
+    "enable.auto.commit": True,
+    "enable.auto.offset.store": False,  # only `commit`, after the sinks, stores an offset
+    "auto.commit.interval.ms": 1_000,
     "auto.offset.reset": "earliest",
     "fetch.wait.max.ms": 50,
     # Prefetched records held in memory (librdkafka's default is 64 MB): a batch is ~1 MB.
     "queued.max.messages.kbytes": 8192,
-    "session.timeout.ms": 10_000,
+    # The brokers' minimum. A member is declared gone after it, and a group whose coordinator
+    # was lost waits as long again for the old members before it assigns partitions anew.
+    "session.timeout.ms": 6_000,
     "heartbeat.interval.ms": 1_000,
 }
 # Commit failures that mean "the partition moved to another member": the new owner replays the
@@ -65,6 +84,7 @@ _LOST_OWNERSHIP = {
     KafkaError.ILLEGAL_GENERATION,
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError._NO_OFFSET,
+    KafkaError._STATE,  # storing an offset for a partition no longer assigned
 }
 
 
@@ -103,7 +123,7 @@ class KafkaBroker:
     """The producer is made on first publish, so a consuming-only service never opens one."""
 
     def __init__(self, url: str, topic: str = "messages", partitions: int = 3) -> None:
-        self._config = parse_url(url)
+        self._config = {**CLIENT_DEFAULTS, **parse_url(url)}
         self.topic = topic
         self.dead_letter_topic = f"{topic}.dlq"
         self._partitions = partitions
@@ -281,6 +301,10 @@ class KafkaConsumer:
         settings = {**config, **CONSUMER_DEFAULTS, "group.id": group}
         self._consumer = RdConsumer(settings)
         self._consumer.subscribe([topic])
+        # Partition → the group's committed position, learnt once per assignment and then kept
+        # by our own commits, so measuring the lag asks no broker while the loop waits.
+        self._committed: dict[int, int] = {}
+        self._assigned: frozenset[int] = frozenset()
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
         try:
@@ -326,9 +350,8 @@ class KafkaConsumer:
             return
         offsets = [TopicPartition(self._topic, p, end) for p, end in ends.items()]
         try:
-            await self._thread.run(
-                lambda: self._consumer.commit(offsets=offsets, asynchronous=False)
-            )
+            await self._thread.run(lambda: self._consumer.store_offsets(offsets=offsets))
+            self._committed.update(ends)
         except KafkaException as error:
             if error.args[0].code() in _LOST_OWNERSHIP:
                 log.info("%s: commit skipped after a rebalance (%s)", self._group, error)
@@ -336,22 +359,31 @@ class KafkaConsumer:
             raise BackendUnavailable(f"Kafka commit: {error}") from error
 
     async def lag(self) -> int:
-        def measure() -> int:
-            assigned = self._consumer.assignment()
-            if not assigned:
-                return 0
-            committed = self._consumer.committed(assigned, timeout=5)
-            total = 0
-            for partition in committed:
-                low, high = self._consumer.get_watermark_offsets(partition, timeout=5)
-                position = partition.offset if partition.offset >= 0 else low
-                total += max(0, high - position)
-            return total
+        """Records of the assigned partitions not committed (stored) yet. The newest offsets
+        come from the fetches already made: a broker that stopped answering cannot stall the
+        loop."""
+        return await self._thread.run(self._measure_lag)
 
-        try:
-            return await self._thread.run(measure)
-        except KafkaException as error:
-            raise BackendUnavailable(f"Kafka lag: {error}") from error
+    def _measure_lag(self) -> int:
+        assigned = self._consumer.assignment()
+        partitions = frozenset(tp.partition for tp in assigned)
+        if partitions != self._assigned:  # a rebalance: others may have committed meanwhile
+            self._assigned, self._committed = partitions, {}
+        unknown = [tp for tp in assigned if tp.partition not in self._committed]
+        if unknown:
+            try:
+                found = self._consumer.committed(unknown, timeout=2)
+            except KafkaException as error:
+                raise BackendUnavailable(f"Kafka lag: {error}") from error
+            self._committed.update({tp.partition: tp.offset for tp in found})
+        total = 0
+        for tp in assigned:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue  # nothing fetched from this partition yet
+            position = self._committed[tp.partition]
+            total += max(0, high - (position if position >= 0 else max(low, 0)))
+        return total
 
     async def close(self) -> None:
         await self._thread.run(self._consumer.close)
