@@ -141,7 +141,9 @@ class RedisCounters:
         self.prefix = prefix
         self.seed_keys = seed_keys
         self.text_cap = text_cap
-        self._redis = Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        self._redis = Redis.from_url(
+            url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
+        )
         self._apply = self._redis.register_script(APPLY)
 
     async def start(self) -> None:

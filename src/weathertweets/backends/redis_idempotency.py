@@ -32,7 +32,7 @@ return redis.call('HMGET', KEYS[1], 'fp', 'at', 'status', 'body')
 class RedisIdempotency:
     def __init__(self, url: str, prefix: str = "wt:", ttl: int = 90_000) -> None:
         self._prefix, self._ttl = prefix, ttl
-        self._redis = Redis.from_url(url, socket_timeout=5)
+        self._redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._claim = self._redis.register_script(CLAIM)
         self._complete = self._redis.register_script(COMPLETE)
 

@@ -32,13 +32,16 @@ MAX_MESSAGE = 16 * 1024 * 1024  # a full batch of the longest tweets fits
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 30_000),
 ]
 # Clients are asked to reconnect now and then, so a gateway balancing over a headless Service
 # resolves its name again and finds the ingest replicas added since it connected. The port is
-# ours alone: a second ingest on it fails to start instead of sharing the traffic.
+# ours alone: a second ingest on it fails to start instead of sharing the traffic. The gateway
+# pings every 2 s (ingest_client.py) to notice a replica cut off by the network: allowed.
 SERVER_OPTIONS = [
     *GRPC_OPTIONS,
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_connection_age_ms", 120_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
     ("grpc.so_reuseport", 0),
