@@ -118,18 +118,27 @@ start_redis() {
 kafka_node_port() { echo $((KAFKA_PORT + 100 * ($1 - 1))); }
 
 start_kafka() {
-  local node voters=() quorum cluster_id name dir port
+  local node voters=() quorum cluster_id name dir port layout
   for ((node = 1; node <= KAFKA_NODES; node++)); do
     voters+=("$node@127.0.0.1:$(($(kafka_node_port "$node") + 1))")
   done
   quorum=$(IFS=,; echo "${voters[*]}")
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # Every node of the cluster must have the same layout before any starts (a folder from before
+  # the layout was written down is a single node's): else two clusters could form.
+  for ((node = 1; node <= KAFKA_NODES; node++)); do
+    dir=$RUN/$(kafka_node_name "$node")
+    [[ -f $dir/data/meta.properties ]] || continue
+    layout=$(cat "$dir/voters" 2>/dev/null || echo "1@127.0.0.1:$((KAFKA_PORT + 1))")
+    [[ $layout == "$quorum" ]] ||
+      die "$dir was made for another KAFKA_NODES; run 'make services-down' and remove $RUN/kafka*"
+  done
+  [[ -f $RUN/kafka.cluster-id ]] ||
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$RUN/kafka.cluster-id"
+  cluster_id=$(cat "$RUN/kafka.cluster-id")
   for ((node = 1; node <= KAFKA_NODES; node++)); do
     name=$(kafka_node_name "$node")
     running "$name" && continue
     dir=$RUN/$name port=$(kafka_node_port "$node")
-    [[ -f $dir/voters && $(cat "$dir/voters") != "$quorum" ]] &&
-      die "$dir belongs to another KAFKA_NODES; run 'make services-down' and remove $RUN/kafka*"
     mkdir -p "$dir"
     echo "$quorum" >"$dir/voters"
     launch "$name" "$port" "$dir/kafka.log" "$HERE/kafka-node.sh" "$dir" "$node" 127.0.0.1 \
@@ -235,19 +244,28 @@ up() {
 }
 
 down() {
-  local name pid i node names=()
+  local group name pid i node names=() stopping=() grace
   for ((node = 1; node <= $(kafka_nodes); node++)); do names+=("$(kafka_node_name "$node")"); done
-  for name in prometheus "${names[@]}" ferretdb redis; do
-    running "$name" || { rm -f "$RUN/$name.pid"; continue; }
-    pid=$(cat "$RUN/$name.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+  # The Kafka nodes together, and 10 s only: the last ones' controlled shutdown waits for a
+  # quorum of controllers that is already gone (their logs recover at the next start).
+  for group in prometheus "${names[*]}" ferretdb redis; do
+    stopping=() grace=300
+    [[ $group == *" "* ]] && grace=100
+    for name in $group; do
+      running "$name" || { rm -f "$RUN/$name.pid"; continue; }
+      kill -TERM "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+      stopping+=("$name")
     done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    rm -f "$RUN/$name.pid"
-    say "stopped $name (pid $pid)"
+    for name in "${stopping[@]}"; do
+      pid=$(cat "$RUN/$name.pid")
+      for ((i = 0; i < grace; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+      rm -f "$RUN/$name.pid"
+      say "stopped $name (pid $pid)"
+    done
   done
   rm -f "$ENV_FILE" # nothing listens there any more: tests must not think otherwise
   status
