@@ -192,7 +192,7 @@ def tweets_dashboard() -> dict[str, Any]:
             "timeseries",
             "Consumer lag (records)",
             (12, 30, 6, 8),
-            [promql("max by (group) (weathertweets_consumer_lag)", "{{group}}")],
+            [promql("sum by (group) (weathertweets_consumer_lag)", "{{group}}")],
         ),
         panel(
             "timeseries",

@@ -61,7 +61,9 @@ PROCESSED = Counter(
 POISON = Counter(
     "weathertweets_records_skipped", "Broker records that are not tweets, skipped", ["group"]
 )
-LAG = Gauge("weathertweets_consumer_lag", "Broker records not yet committed", ["group"])
+LAG = Gauge(
+    "weathertweets_consumer_lag", "Broker records not yet committed by this consumer", ["group"]
+)
 ARCHIVE_EXPIRED = Counter(
     "weathertweets_archive_expired", "Archived tweets deleted by the archive retention"
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -300,11 +301,14 @@ class KafkaConsumer:
         self._thread = _Thread(f"kafka-{group}")
         settings = {**config, **CONSUMER_DEFAULTS, "group.id": group}
         self._consumer = RdConsumer(settings)
-        self._consumer.subscribe([topic])
-        # Partition → the group's committed position, learnt once per assignment and then kept
-        # by our own commits, so measuring the lag asks no broker while the loop waits.
+        self._consumer.subscribe([topic], on_assign=self._on_assign)
+        # Partition → the group's committed position, asked once per assignment (others may
+        # have committed meanwhile) and then kept by our own commits.
         self._committed: dict[int, int] = {}
-        self._assigned: frozenset[int] = frozenset()
+        self._ask_committed_after = 0.0  # monotonic time; after a failed ask, wait a little
+
+    def _on_assign(self, _: object, partitions: list[TopicPartition]) -> None:
+        self._committed = {}
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
         try:
@@ -366,22 +370,20 @@ class KafkaConsumer:
 
     def _measure_lag(self) -> int:
         assigned = self._consumer.assignment()
-        partitions = frozenset(tp.partition for tp in assigned)
-        if partitions != self._assigned:  # a rebalance: others may have committed meanwhile
-            self._assigned, self._committed = partitions, {}
         unknown = [tp for tp in assigned if tp.partition not in self._committed]
-        if unknown:
+        if unknown and time.monotonic() >= self._ask_committed_after:
             try:
                 found = self._consumer.committed(unknown, timeout=2)
             except KafkaException as error:
+                self._ask_committed_after = time.monotonic() + 10
                 raise BackendUnavailable(f"Kafka lag: {error}") from error
             self._committed.update({tp.partition: tp.offset for tp in found})
         total = 0
         for tp in assigned:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:
-                continue  # nothing fetched from this partition yet
-            position = self._committed[tp.partition]
+            position = self._committed.get(tp.partition)
+            if high < 0 or position is None:
+                continue  # nothing fetched from this partition yet, or its position unknown
             total += max(0, high - (position if position >= 0 else max(low, 0)))
         return total
 
