@@ -40,7 +40,7 @@ GRPC_OPTIONS = [
 SERVER_OPTIONS = [
     *GRPC_OPTIONS,
     ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_connection_age_ms", 120_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
