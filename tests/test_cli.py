@@ -145,3 +145,15 @@ def test_stack_replicas_are_parsed_and_checked(
         "gateway-2": (8180, ingests),
     }
     assert stack.children["ingest-2"].settings.ingest_port == 50151
+
+
+def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:
+    from weathertweets.config import SettingError
+    from weathertweets.stack import Stack, parse_replicas
+
+    settings = Settings(broker_url="kafka://k:9092", port=8100).resolve()  # counter-2's port
+    with pytest.raises(SettingError, match="gateway and counter-2"):
+        Stack(settings, tmp_path, parse_replicas("counter=2"))
+    settings = Settings(broker_url="kafka://k:9092", port=65500).resolve()
+    with pytest.raises(SettingError, match="WT_PORT"):
+        Stack(settings, tmp_path, parse_replicas("gateway=2"))

@@ -132,6 +132,25 @@ class Stack:
                 name = service if count == 1 else f"{service}-{index + 1}"
                 log = self.log_dir / f"{name}.log"
                 self.children[name] = Child(name, service, instance_settings(base, index), log)
+        self._check_ports()
+
+    def _check_ports(self) -> None:
+        """Each instance's ports are valid, fixed, and nobody else's."""
+        owners: dict[int, str] = {}
+        for child in self.children.values():
+            child.settings.checked()
+            ports = [child.port]
+            if child.service == "ingest":
+                ports.append(child.settings.ingest_port)
+            for port in ports:
+                if port == 0 and len(self.children) > len(START_ORDER):
+                    raise SettingError("--replicas needs fixed ports (0 picks one per process)")
+                if port and port in owners:
+                    raise SettingError(
+                        f"{child.name} and {owners[port]} would both listen on port {port}:"
+                        f" instance N takes every port + {PORT_STEP} × (N − 1); move one port"
+                    )
+                owners[port] = child.name
 
     def report(self, line: str) -> None:
         print(line, flush=True)
