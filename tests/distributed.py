@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import secrets
 import socket
@@ -129,10 +128,11 @@ class Cluster:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         _wait("three Kafka brokers", lambda: len(admin.list_topics(timeout=5).brokers) == 3, 60)
 
-    def active_controller(self) -> str:
-        """The node leading the KRaft quorum, from the state every voter keeps on disk."""
-        state = self.folder / "k1" / "data" / "__cluster_metadata-0" / "quorum-state"
-        return KAFKA_NODES[int(json.loads(state.read_text())["leaderId"]) - 1]
+    def coordinator(self, group: str) -> str:
+        """The Kafka node coordinating consumer group `group`."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        return KAFKA_NODES[int(description.coordinator.id) - 1]
 
     def restart_broker(self, node: str) -> None:
         """Power back on: the host answers again, and its Kafka starts on the same data."""
@@ -234,7 +234,7 @@ class Cluster:
         with Redis(host=self.address["redis"], port=6379, decode_responses=True) as redis:
             total = int(redis.get(f"{self.tag}:total") or 0)
             countries = {k: int(v) for k, v in redis.hgetall(f"{self.tag}:countries").items()}
-            seen = sum(1 for _ in redis.scan_iter(f"{self.tag}:seen:*", count=1000))
+            seen = len(set(redis.scan_iter(f"{self.tag}:seen:*", count=1000)))  # SCAN may repeat
         return total, countries, seen
 
     def topic_records(self) -> int:
@@ -292,15 +292,20 @@ class Load:
         return start, self.started + self.events[until] if until else float("inf")
 
     def back_in_step(self, event: str, allowance: int, until: str | None = None) -> float | None:
-        """Seconds from `event` until the sinks were last more than `allowance` tweets behind
-        what the gateway had acknowledged (looking no further than event `until`); None if
-        they were still behind at the end."""
+        """Seconds from `event` to the first sample from which on the sinks were never more
+        than `allowance` tweets behind what the gateway had acknowledged (looking no further
+        than event `until`); None if they were still behind at the end."""
         start, end = self._window(event, until)
         window = [(at, a, c) for at, a, c in self.samples if start <= at < end]
-        behind = [at for at, a, c in window if self.acknowledged_by(at) - min(a, c) > allowance]
-        if behind and behind[-1] == window[-1][0]:
+        behind = [
+            i
+            for i, (at, a, c) in enumerate(window)
+            if self.acknowledged_by(at) - min(a, c) > allowance
+        ]
+        settled_from = behind[-1] + 1 if behind else 0
+        if settled_from >= len(window):
             return None
-        return max(behind, default=start) - start
+        return window[settled_from][0] - start
 
     def longest_stall(self, event: str, until: str | None = None) -> float:
         """The longest time after `event` (and before `until`) that a sink was behind the

@@ -23,6 +23,14 @@ ECHO = (
     "    with connection:\n"
     "        connection.sendall(connection.recv(100))\n"
 )
+# Host `a` also sends a datagram to the client every 50 ms: traffic in one direction only.
+BEACON = (
+    "import socket, sys, time\n"
+    "sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "while True:\n"
+    "    sender.sendto(b'beacon', (sys.argv[1], 7001))\n"
+    "    time.sleep(0.05)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +46,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         for name, number in (("a", 2), ("b", 3)):
             address = network.add(name, number)
             network.run(name, [sys.executable, "-c", ECHO, address], folder / f"{name}.log")
+        client = network.addresses["client"]
+        network.run("a", [sys.executable, "-c", BEACON, client], folder / "beacon.log")
         yield network
     finally:
         network.close()
@@ -69,19 +79,44 @@ def test_hosts_reach_each_other_through_the_switch(net: Network) -> None:
     assert net.stats()["forwarded"] > 0
 
 
-def test_a_cut_is_one_way_unless_asked_both_ways(net: Network) -> None:
+def _beacon_heard(net: Network) -> bool:
+    """Whether a datagram from host `a` reaches the client within a second."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind((net.addresses["client"], 7001))
+        listener.settimeout(1)
+        try:
+            return listener.recv(100) == b"beacon"
+        except TimeoutError:
+            return False
+
+
+def test_a_cut_drops_one_direction_or_both(net: Network) -> None:
     a = net.addresses["a"]
+    assert _beacon_heard(net)
     before = net.stats()["cut"]
-    net.cut("client", "a", both_ways=False)  # our SYNs never arrive
-    with pytest.raises(OSError):
-        _echo(a)
-    assert net.stats()["cut"] > before
-    net.heal()
-    net.cut("a", "client", both_ways=False)  # the SYN arrives, the answer is lost
-    with pytest.raises(OSError):
-        _echo(a)
-    net.heal()
-    assert _reachable(a)
+    net.cut("client", "a", both_ways=False)
+    try:
+        with pytest.raises(OSError):
+            _echo(a)  # our SYNs never arrive
+        assert _beacon_heard(net)  # while a's packets still reach us
+        assert net.stats()["cut"] > before
+    finally:
+        net.heal()
+    net.cut("a", "client", both_ways=False)
+    try:
+        assert not _beacon_heard(net)
+        with pytest.raises(OSError):
+            _echo(a)  # the SYN arrives, the answer is lost
+    finally:
+        net.heal()
+    net.cut("client", "a")
+    try:
+        assert not _beacon_heard(net)
+        with pytest.raises(OSError):
+            _echo(a)
+    finally:
+        net.heal()
+    assert _reachable(a) and _beacon_heard(net)
 
 
 def test_an_isolated_host_answers_nothing_until_revived(net: Network) -> None:
