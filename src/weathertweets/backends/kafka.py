@@ -61,8 +61,10 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.messages": 1_000_000,
     "delivery.timeout.ms": 30_000,
     # A produce sent to a leader that has just vanished waits this long, then goes to the new
-    # one (the idempotent producer keeps the retry exactly-once).
+    # one (the idempotent producer keeps the retry exactly-once). librdkafka times requests
+    # out by the socket timeout, so both are set.
     "request.timeout.ms": 5_000,
+    "socket.timeout.ms": 5_000,
 }
 LINGER = 0.01  # seconds a consumer waits for more once a record arrived: fewer, larger sink calls
 CONSUMER_DEFAULTS = {
