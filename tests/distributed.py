@@ -271,7 +271,6 @@ class Request:
 @dataclass
 class Load:
     started: float
-    ended: float
     requests: list[Request]
     samples: list[tuple[float, int, int]]  # time, archived, counted
     events: dict[str, float]  # name → seconds after the start
@@ -439,7 +438,7 @@ async def drive(
         ended = time.monotonic()
         finished.set()
         await sampler
-    return Load(started, ended, requests, samples, happened)
+    return Load(started, requests, samples, happened)
 
 
 # --- the verdict ---------------------------------------------------------------------------
