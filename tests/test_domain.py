@@ -19,7 +19,7 @@ from weathertweets.domain import (
     make_tweet,
     parse_fields,
 )
-from weathertweets.ids import derived_id, id_time_ms, new_id
+from weathertweets.ids import ALPHABET, derived_id, id_time_ms, new_id, new_ids
 
 
 def test_accepts_the_seed_shape() -> None:
@@ -107,8 +107,7 @@ def test_ids_are_unique_and_strictly_increasing() -> None:
 @pytest.fixture
 def id_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests that feed ids a clock of their own leave the process's id state as it was."""
-    monkeypatch.setattr(ids, "_last_ms", ids._last_ms)
-    monkeypatch.setattr(ids, "_last_random", ids._last_random)
+    monkeypatch.setattr(ids, "_last", ids._last)
 
 
 @pytest.mark.usefixtures("id_clock")
@@ -125,6 +124,32 @@ def test_a_clock_going_back_never_reorders_ids() -> None:
     first = new_id(later)
     assert new_id(later - 5_000) > first
     assert id_time_ms(first) == later
+
+
+def _value(tweet_id: str) -> int:
+    value = 0
+    for char in tweet_id:
+        value = value * 32 + ALPHABET.index(char)
+    return value
+
+
+def test_a_batch_of_ids_counts_up_from_the_last_one_across_prefix_changes() -> None:
+    before = new_id()
+    batch = new_ids(5_000)  # crosses several 1 024-value boundaries of the shared prefix
+    after = new_id()
+    assert [_value(i) for i in batch] == list(range(_value(batch[0]), _value(batch[0]) + 5_000))
+    assert before < batch[0] and batch[-1] < after
+    assert all(len(i) == 26 for i in batch)
+    assert new_ids(0) == []
+
+
+@pytest.mark.usefixtures("id_clock")
+def test_ids_beyond_a_milliseconds_room_carry_into_the_next() -> None:
+    fixed = 1_900_000_000_000
+    ids._last = (fixed << 80) | ((1 << 80) - 3)  # three values left in this millisecond
+    batch = new_ids(5, fixed)
+    assert [id_time_ms(i) for i in batch] == [fixed, fixed, fixed + 1, fixed + 1, fixed + 1]
+    assert batch == sorted(batch) and len(set(batch)) == 5
 
 
 def test_record_round_trip() -> None:

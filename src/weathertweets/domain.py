@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from weathertweets.countries import canonical
-from weathertweets.ids import derived_id, new_id
+from weathertweets.ids import derived_id, new_id, new_ids
 
 MAX_TEXTO = 280
 MAX_PAIS = 64
@@ -110,6 +110,14 @@ def parse_fields(obj: object, accept_unknown: bool = False) -> tuple[str, str]:
 
 def make_tweet(texto: str, pais: str, received_at: datetime | None = None) -> Tweet:
     return Tweet(new_id(), texto, pais, received_at or utcnow())
+
+
+def make_tweets(pairs: Sequence[tuple[str, str]], received_at: datetime) -> list[Tweet]:
+    """Tweets for validated (texto, pais) pairs, with increasing ids."""
+    ids = new_ids(len(pairs))
+    return [
+        Tweet(id_, texto, pais, received_at) for id_, (texto, pais) in zip(ids, pairs, strict=True)
+    ]
 
 
 def _json_type(value: object) -> str:

@@ -12,10 +12,8 @@ import threading
 import time
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RANDOM_MAX = (1 << 80) - 1
 _lock = threading.Lock()
-_last_ms = -1
-_last_random = 0
+_last = -1  # the last id handed out, as its 128-bit value: milliseconds << 80 | random
 
 
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # every 10-bit value as two characters
@@ -26,21 +24,46 @@ def _encode(value: int) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
-def new_id(now_ms: int | None = None) -> str:
-    """Return a 26-character id greater than every id this process returned before."""
-    global _last_ms, _last_random
+_prefix = (-1, "")  # the last (value >> 10, its first 24 characters) encoded
+
+
+def _encode_run(first: int, count: int) -> list[str]:
+    """Ids for `count` consecutive values: the first 24 characters change only every 1 024
+    values, so most ids, in a batch or one after another, cost one lookup."""
+    global _prefix
+    made = []
+    high, prefix = _prefix
+    for value in range(first, first + count):
+        if value >> 10 != high:
+            high, prefix = value >> 10, _encode(value)[:24]
+        made.append(prefix + _PAIRS[value & 1023])
+    _prefix = (high, prefix)
+    return made
+
+
+def _reserve(count: int, now_ms: int | None) -> int:
+    """The first of `count` values greater than every one reserved before. A new millisecond
+    starts at a random point with room to count up; more ids than that room in one millisecond
+    carry into the next one."""
+    global _last
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     with _lock:
-        if ms <= _last_ms:
-            ms = _last_ms
-            _last_random += 1
-            if _last_random > _RANDOM_MAX:  # 2**80 ids in one millisecond: borrow the next one
-                ms += 1
-                _last_random = int.from_bytes(os.urandom(10), "big") >> 1
+        if ms > _last >> 80:
+            first = ms << 80 | int.from_bytes(os.urandom(10), "big") >> 1
         else:
-            _last_random = int.from_bytes(os.urandom(10), "big") >> 1  # headroom to increment
-        _last_ms = ms
-        return _encode((ms << 80) | _last_random)
+            first = _last + 1
+        _last = first + count - 1
+        return first
+
+
+def new_id(now_ms: int | None = None) -> str:
+    """Return a 26-character id greater than every id this process returned before."""
+    return _encode_run(_reserve(1, now_ms), 1)[0]
+
+
+def new_ids(count: int, now_ms: int | None = None) -> list[str]:
+    """`count` increasing ids, all greater than every id this process returned before."""
+    return _encode_run(_reserve(count, now_ms), count) if count > 0 else []
 
 
 def id_time_ms(tweet_id: str) -> int:

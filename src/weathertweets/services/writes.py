@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from weathertweets.access import Access, RateLimiter
-from weathertweets.domain import Tweet, make_tweet, utcnow
+from weathertweets.domain import Tweet, make_tweets, utcnow
 from weathertweets.ids import derived_id
 from weathertweets.ports import BackendUnavailable, Claim, Idempotency
 from weathertweets.web import HTTPError, Request, Response
@@ -122,8 +122,7 @@ class WriteGuard:
         self.limit(caller, len(pairs))
         key = idempotency_key(request)
         if key is None:
-            received = utcnow()
-            tweets = [make_tweet(texto, pais, received) for texto, pais in pairs]
+            tweets = make_tweets(pairs, utcnow())
             await self._publish(publish, tweets)
             return answer(tweets)
         claim = await self.claim(caller, key, kind, pairs)
