@@ -66,7 +66,7 @@ def clean_text(value: object, field: str, limit: int) -> str:
         raise InvalidTweet(f"'{field}' must not be empty", field)
     if len(text) > limit:
         raise InvalidTweet(f"'{field}' is {len(text)} characters; the limit is {limit}", field)
-    if _CONTROL.search(text):
+    if not text.isprintable() and _CONTROL.search(text):  # control characters are unprintable
         raise InvalidTweet(f"'{field}' contains control characters", field)
     return text
 
@@ -103,9 +103,14 @@ def parse_fields(obj: object, accept_unknown: bool = False) -> tuple[str, str]:
     """Validate one decoded JSON value as a tweet; return (texto, pais). Other keys are ignored."""
     if not isinstance(obj, dict):
         raise InvalidTweet(f"a tweet must be a JSON object, not {_json_type(obj)}")
-    texto = clean_text(_pick(obj, TEXTO_ALIASES, "texto"), "texto", MAX_TEXTO)
-    pais = clean_country(_pick(obj, PAIS_ALIASES, "pais"), accept_unknown)
-    return texto, pais
+    if len(obj) == 2 and "texto" in obj and "pais" in obj:  # the usual shape: no alias to weigh
+        texto_value, pais_value = obj["texto"], obj["pais"]
+    else:
+        texto_value, pais_value = (
+            _pick(obj, TEXTO_ALIASES, "texto"),
+            _pick(obj, PAIS_ALIASES, "pais"),
+        )
+    return clean_text(texto_value, "texto", MAX_TEXTO), clean_country(pais_value, accept_unknown)
 
 
 def make_tweet(texto: str, pais: str, received_at: datetime | None = None) -> Tweet:

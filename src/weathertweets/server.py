@@ -138,11 +138,16 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._received += len(data)
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._refuse, TOO_SLOW)
         super().data_received(data)
         if self._too_large or (self._in_head and self._received > MAX_HEAD_BYTES):
             self._refuse(TOO_LARGE)
+        elif self._head_timer is None:
+            # A head, or a direct request's body, still arriving: time it from here. A request
+            # that came whole (the usual case) needs no timer at all.
+            if self._in_head and self._received:
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._refuse, TOO_SLOW)
+            elif self._direct_body is not None:
+                self._head_timer = self.loop.call_later(BODY_TIMEOUT, self._refuse, BODY_TOO_SLOW)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -168,7 +173,6 @@ class BoundedHttpTools(HttpToolsProtocol):
             keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
             self.cycle = _DirectCycle(keep_alive)  # type: ignore[assignment]
             self._direct_body = bytearray()
-            self._head_timer = self.loop.call_later(BODY_TIMEOUT, self._refuse, BODY_TOO_SLOW)
             return
         super().on_headers_complete()
 
