@@ -12,7 +12,7 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(
 RUNTIME_STAMP := $(VENV)/.runtime
 DEV_STAMP := $(VENV)/.dev
 DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
-PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/soak.py tools/k8s/strimzi_crds.py
+PY_SOURCES := src tests locustfile.py build_protos.py tools/dashboards.py tools/bench.py tools/bench_starlette.py tools/bench_archive.py tools/soak.py tools/k8s/strimzi_crds.py
 
 .PHONY: install dev run test lint format unit e2e services services-down services-status chart browser k8s-up k8s-down k8s-status dashboards bench soak lock clean
 
