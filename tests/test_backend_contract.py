@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
+from weathertweets.backends.kafka import KafkaBroker, consumer_settings, parse_url
 from weathertweets.domain import encode_record, make_tweet
 from weathertweets.ports import ArchivedTweet, Broker, CountedTweet, Record
 from weathertweets.weather import classify
@@ -165,3 +166,11 @@ async def test_store_expire_deletes_only_what_came_before(backends: Opened) -> N
     assert await store.expire(datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)) == 0
     kept = await store.recent("Chile", 100)
     assert [d.tweet.texto for d in kept] == ["t9", "t8", "t7", "t6", "t5"]
+
+
+async def test_a_kafka_consumer_fetches_at_least_the_largest_record_allowed() -> None:
+    url = "kafka://127.0.0.1:1?message.max.bytes=4000000"
+    assert consumer_settings(parse_url(url), "g")["fetch.max.bytes"] == 4_000_000
+    assert consumer_settings(parse_url("kafka://k:9092"), "g")["fetch.max.bytes"] == 2_097_152
+    consumer = KafkaBroker(url).consumer("wt-test")  # librdkafka accepts the settings
+    await consumer.close()

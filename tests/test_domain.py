@@ -70,6 +70,10 @@ def test_extra_fields_are_ignored() -> None:
         ({"texto": "Sol", "pais": {"name": "Chile"}}, "pais", "an object"),
         ({"texto": "Sol\x00", "pais": "Chile"}, "texto", "control"),
         ({"texto": "Sol", "text": "Lluvia", "pais": "Chile"}, "texto", "disagree"),
+        # texto is checked before pais is looked for, whatever the shape
+        ({"texto": ""}, "texto", "empty"),
+        ({"text": 42}, "texto", "a number"),
+        ({"texto": "Sol\x01", "pais": "a", "país": "b"}, "texto", "control"),
     ],
 )
 def test_rejects_with_the_field_named(record: object, field: str, words: str) -> None:

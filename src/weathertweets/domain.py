@@ -104,13 +104,11 @@ def parse_fields(obj: object, accept_unknown: bool = False) -> tuple[str, str]:
     if not isinstance(obj, dict):
         raise InvalidTweet(f"a tweet must be a JSON object, not {_json_type(obj)}")
     if len(obj) == 2 and "texto" in obj and "pais" in obj:  # the usual shape: no alias to weigh
-        texto_value, pais_value = obj["texto"], obj["pais"]
-    else:
-        texto_value, pais_value = (
-            _pick(obj, TEXTO_ALIASES, "texto"),
-            _pick(obj, PAIS_ALIASES, "pais"),
+        return clean_text(obj["texto"], "texto", MAX_TEXTO), clean_country(
+            obj["pais"], accept_unknown
         )
-    return clean_text(texto_value, "texto", MAX_TEXTO), clean_country(pais_value, accept_unknown)
+    texto = clean_text(_pick(obj, TEXTO_ALIASES, "texto"), "texto", MAX_TEXTO)
+    return texto, clean_country(_pick(obj, PAIS_ALIASES, "pais"), accept_unknown)
 
 
 def make_tweet(texto: str, pais: str, received_at: datetime | None = None) -> Tweet:

@@ -316,13 +316,20 @@ def _header(pair: Any) -> tuple[str, bytes]:
     return str(name), value.encode() if isinstance(value, str) else (value or b"")
 
 
+def consumer_settings(config: dict[str, Any], group: str) -> dict[str, Any]:
+    settings = {**config, **CONSUMER_DEFAULTS, "group.id": group}
+    # librdkafka refuses a consumer whose fetches are smaller than the largest record allowed.
+    largest = int(config.get("message.max.bytes", 0))
+    settings["fetch.max.bytes"] = max(int(settings["fetch.max.bytes"]), largest)
+    return settings
+
+
 class KafkaConsumer:
     def __init__(self, config: dict[str, Any], topic: str, group: str) -> None:
         self._topic = topic
         self._group = group
         self._thread = _Thread(f"kafka-{group}")
-        settings = {**config, **CONSUMER_DEFAULTS, "group.id": group}
-        self._consumer = RdConsumer(settings)
+        self._consumer = RdConsumer(consumer_settings(config, group))
         self._consumer.subscribe([topic], on_assign=self._on_assign)
         # Partition → the group's committed position, asked once per assignment (others may
         # have committed meanwhile) and then kept by our own commits.
