@@ -103,12 +103,11 @@ def parse_fields(obj: object, accept_unknown: bool = False) -> tuple[str, str]:
     """Validate one decoded JSON value as a tweet; return (texto, pais). Other keys are ignored."""
     if not isinstance(obj, dict):
         raise InvalidTweet(f"a tweet must be a JSON object, not {_json_type(obj)}")
-    if len(obj) == 2 and "texto" in obj and "pais" in obj:  # the usual shape: no alias to weigh
-        return clean_text(obj["texto"], "texto", MAX_TEXTO), clean_country(
-            obj["pais"], accept_unknown
-        )
-    texto = clean_text(_pick(obj, TEXTO_ALIASES, "texto"), "texto", MAX_TEXTO)
-    return texto, clean_country(_pick(obj, PAIS_ALIASES, "pais"), accept_unknown)
+    usual = len(obj) == 2 and "texto" in obj and "pais" in obj  # no alias to weigh
+    texto = obj["texto"] if usual else _pick(obj, TEXTO_ALIASES, "texto")
+    cleaned = clean_text(texto, "texto", MAX_TEXTO)  # before pais is looked for
+    pais = obj["pais"] if usual else _pick(obj, PAIS_ALIASES, "pais")
+    return cleaned, clean_country(pais, accept_unknown)
 
 
 def make_tweet(texto: str, pais: str, received_at: datetime | None = None) -> Tweet:
