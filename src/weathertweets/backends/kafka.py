@@ -233,29 +233,13 @@ class KafkaBroker:
                 loop.call_soon_threadsafe(settle)
 
         def delivered(error: KafkaError | None, _: object) -> None:  # on the poller thread
-            nonlocal remaining
-            if error is not None:
-                account(1, str(error))
-                return
-            with lock:
-                remaining -= 1
-                finished = remaining == 0
-            if finished:
-                loop.call_soon_threadsafe(settle)
+            account(1, None if error is None else str(error))
 
-        produce = producer.produce
         for index, record in enumerate(records):
             try:
-                if record.headers:
-                    produce(
-                        topic,
-                        record.value,
-                        record.key,
-                        on_delivery=delivered,
-                        headers=_headers(record),
-                    )
-                else:
-                    produce(topic, record.value, record.key, on_delivery=delivered)
+                producer.produce(
+                    topic, record.value, record.key, on_delivery=delivered, headers=_headers(record)
+                )
                 continue
             except BufferError:
                 pass
