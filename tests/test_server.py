@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import free_port
 from weathertweets import server
-from weathertweets.web import DIRECT_BODY, Message, Receive, Scope, Send
+from weathertweets.web import DIRECT_BODY, Message, Receive, Response, Scope, Send
 
 
 class Echo:
@@ -24,7 +24,7 @@ class Echo:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
         body = b""
         more = True
         while more:
@@ -35,9 +35,29 @@ class Echo:
             await asyncio.sleep(self.delay)  # a slow publish: a pipelined request must wait
         direct = b"direct" if DIRECT_BODY in scope.get("extensions", {}) else b"asgi"
         answer = b"%s %s %s" % (scope["path"].encode(), direct, body)
-        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(answer))]
+        return Response(202, answer, b"text/plain", [(b"x-seen", b"yes")])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.respond(scope, receive)
+        headers = [
+            (b"content-type", response.content_type),
+            (b"content-length", b"%d" % len(response.body)),
+            *response.headers,
+        ]
         await send({"type": "http.response.start", "status": 202, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class PlainEcho:
+    """Echo without `respond`: an ASGI app only, so every request takes uvicorn's path."""
+
+    direct_paths = Echo.direct_paths
+
+    def __init__(self) -> None:
+        self._echo = Echo()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._echo(scope, receive, send)
 
 
 @pytest.fixture
@@ -105,6 +125,8 @@ async def test_a_small_post_takes_the_direct_lane_and_the_rest_uvicorn_s(serve: 
     assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
     assert answer.endswith(b"/input direct hola")
     assert b"\r\ndate: " in answer and b"connection: close" not in answer
+    assert b"\r\ncontent-type: text/plain\r\n" in answer and b"\r\nx-seen: yes\r\n" in answer
+    assert b"\r\ncontent-length: 18\r\n" in answer
     elsewhere = await _exchange(port, _post(b"/other", b"hola"))
     assert elsewhere.endswith(b"/other asgi hola")
     chunked = (
@@ -116,6 +138,13 @@ async def test_a_small_post_takes_the_direct_lane_and_the_rest_uvicorn_s(serve: 
     assert (await _exchange(port, _post(b"/input", big))).endswith(b"/input asgi " + big)
     with_query = await _exchange(port, _post(b"/input?a=1", b"hola"))
     assert with_query.endswith(b"/input asgi hola")
+
+
+async def test_an_app_without_respond_gets_every_request_over_asgi(serve: Any) -> None:
+    port = await serve(PlainEcho())
+    answer = await _exchange(port, _post(b"/input", b"hola"))
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
+    assert answer.endswith(b"/input asgi hola")
 
 
 async def test_pipelined_requests_are_answered_in_order(serve: Any) -> None:
@@ -194,13 +223,10 @@ async def test_a_client_that_does_not_read_its_answers_is_not_buffered_for(serve
     handled = 0
 
     class Big(Echo):
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def respond(self, scope: Scope, receive: Receive) -> Response:
             nonlocal handled
-            await receive()
             handled += 1
-            headers = [(b"content-length", b"%d" % len(answer))]
-            await send({"type": "http.response.start", "status": 202, "headers": headers})
-            await send({"type": "http.response.body", "body": answer})
+            return Response(202, answer)
 
     port = await serve(Big())
     sock = socket.socket()

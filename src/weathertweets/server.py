@@ -9,9 +9,10 @@ The count of bytes happens before the parser keeps them, so a huge header costs 
 limit plus one read.
 
 The direct lane: a small POST with a declared length to a path the app names in `direct_paths`
-is read whole by the protocol, then handed to the app with its body in the scope and its answer
-written in one send, without uvicorn's per-request cycle. The app sees the same ASGI calls; the
-hot path of the gateway pays for less machinery. Anything else takes uvicorn's path.
+is read whole by the protocol, then handed to the app's `respond(scope, receive)` with its body
+in the scope, and the `web.Response` it returns is written in one send: no uvicorn request
+cycle, no ASGI messages. The hot path of the gateway pays for less machinery; anything else
+(and every request to an app without `respond`) takes uvicorn's path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from http import HTTPStatus
 from typing import Any
@@ -28,7 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from weathertweets.metrics import REJECTED
-from weathertweets.web import BODY_TIMEOUT, DIRECT_BODY
+from weathertweets.web import BODY_TIMEOUT, DIRECT_BODY, Receive, Response
 
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
@@ -65,6 +66,9 @@ def _status_line(status: int) -> bytes:
             phrase = b""
         line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
     return line
+
+
+Responder = Callable[[MutableMapping[str, Any], Receive], Awaitable[Response]]
 
 
 class _Unwatched:
@@ -120,6 +124,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     lane for the paths in `direct_paths` (set per server by `http_server`)."""
 
     direct_paths: frozenset[bytes] = frozenset()
+    respond: Responder
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -226,59 +231,48 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _answer_direct(self, scope: dict[str, Any], body: bytes, cycle: _DirectCycle) -> None:
-        """Run the app on a whole request; answer in one write, as uvicorn would have."""
-        started: MutableMapping[str, Any] = {}
-        content: list[bytes] = []
+        """Have the app respond to a whole request; answer in one write, as uvicorn would."""
 
         async def receive() -> dict[str, Any]:
             if cycle.disconnected:
                 return {"type": "http.disconnect"}
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                started.update(message)
-            elif message["type"] == "http.response.body":
-                content.append(message.get("body", b""))
-
         try:
-            await self.app(scope, receive, send)
+            response: Response | None = await self.respond(scope, receive)
         except asyncio.CancelledError:
             self.transport.close()  # shutting down past its grace period
             raise
         except Exception:
             self.logger.exception("the app failed on a direct request")
-            started.clear()
-        answer = self._response(cycle, started, b"".join(content))
+            response = None
+        answer = self._response(cycle, response)
         if self.flow.write_paused and not cycle.disconnected:
             await self.flow.drain()  # a client that does not read holds up its next request
         if not cycle.disconnected and not self.transport.is_closing():
-            self.transport.write(answer)
+            self.transport.write(answer)  # coalesced: measured better than a write at once
             if not cycle.keep_alive:
                 self.transport.close()
         cycle.response_complete = True
         self.on_response_complete()
 
-    def _response(
-        self, cycle: _DirectCycle, started: MutableMapping[str, Any], body: bytes
-    ) -> bytes:
-        if "status" not in started:  # the app failed or never answered
+    def _response(self, cycle: _DirectCycle, response: Response | None) -> bytes:
+        if response is None or response.stream is not None:  # failed, or not a whole answer
             cycle.keep_alive = False
             return TOO_BROKEN
-        parts = [_status_line(started["status"])]
-        sized = False
-        for name, value in (*self.server_state.default_headers, *started.get("headers", ())):
-            lowered = name.lower()
-            if lowered == b"connection":
+        parts = [_status_line(response.status)]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"content-type: ", response.content_type, b"\r\n")
+        parts.append(b"content-length: %d\r\n" % len(response.body))
+        for name, value in response.headers:
+            if name.lower() == b"connection":
                 cycle.keep_alive = cycle.keep_alive and value.lower() != b"close"
                 continue
-            sized = sized or lowered == b"content-length"
             parts += (name, b": ", value, b"\r\n")
-        if not sized:
-            parts.append(b"content-length: %d\r\n" % len(body))
         if not cycle.keep_alive:
             parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", body)
+        parts += (b"\r\n", response.body)
         return b"".join(parts)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -334,10 +328,13 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 async def http_server(
     app: Any, host: str, port: int, reuse_port: bool = False
 ) -> AsyncIterator[None]:
-    """`app`: ASGI; its `direct_paths` (if any) take the direct lane."""
+    """`app`: ASGI. When it also has `respond` (a `Responder`), its `direct_paths` take the
+    direct lane."""
     sock = bind(host, port, reuse_port)
+    respond = getattr(app, "respond", None)
     paths = frozenset(path.encode() for path in getattr(app, "direct_paths", ()))
-    protocol = type("HttpProtocol", (BoundedHttpTools,), {"direct_paths": paths})
+    lane = {"direct_paths": paths, "respond": staticmethod(respond)} if respond else {}
+    protocol = type("HttpProtocol", (BoundedHttpTools,), lane)
     config = uvicorn.Config(
         app,
         lifespan="off",

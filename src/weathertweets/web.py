@@ -205,16 +205,21 @@ class Router:
             raise HTTPError(405, "method_not_allowed", f"{method} is not allowed on {path}")
         raise HTTPError(404, "not_found", f"no route for {path}")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan is driven by our own runtime
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
+        """The response to an HTTP request, errors included; the route template goes in
+        `scope["route"]`."""
         request = Request(scope, receive, scope["path"])
         scope["route"] = "unmatched"
         try:
             scope["route"], handler = self._match(request)
-            response = await handler(request)
+            return await handler(request)
         except Exception as error:
-            response = self._error_response(error, request)
+            return self._error_response(error, request)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is driven by our own runtime
+        response = await self.respond(scope, receive)
         if response.stream is not None:
             await _stream(response, receive, send)
             return
