@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
 from weathertweets.backends.kafka import KafkaBroker, consumer_settings, parse_url
+from weathertweets.backends.sqlite import SqliteThread
 from weathertweets.domain import encode_record, make_tweet
-from weathertweets.ports import ArchivedTweet, Broker, CountedTweet, Record
+from weathertweets.ports import ArchivedTweet, BackendUnavailable, Broker, CountedTweet, Record
 from weathertweets.weather import classify
 
 
@@ -174,3 +178,30 @@ async def test_a_kafka_consumer_fetches_at_least_the_largest_record_allowed() ->
     assert consumer_settings(parse_url("kafka://k:9092"), "g")["fetch.max.bytes"] == 2_097_152
     consumer = KafkaBroker(url).consumer("wt-test")  # librdkafka accepts the settings
     await consumer.close()
+
+
+async def test_a_sqlite_thread_runs_jobs_in_order_and_hands_back_their_errors(
+    tmp_path: Path,
+) -> None:
+    db = SqliteThread(tmp_path / "jobs.db", "CREATE TABLE t (n INTEGER)", "test")
+    seen: list[int] = []
+
+    def add(n: int) -> Callable[[sqlite3.Connection], int]:
+        def job(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO t VALUES (?)", (n,))
+            seen.append(n)
+            return n
+
+        return job
+
+    assert await asyncio.gather(*(db.run(add(n)) for n in range(50))) == list(range(50))
+    assert seen == list(range(50))
+    with pytest.raises(ZeroDivisionError):
+        await db.run(lambda conn: 1 // 0)
+    with pytest.raises(BackendUnavailable, match="no such table"):  # SQLite's own: retry later
+        await db.run(lambda conn: conn.execute("SELECT * FROM missing"))
+    assert await db.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 50
+    await db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await db.run(lambda conn: None)
+    assert not any(thread.name == "sqlite-test" for thread in threading.enumerate())
