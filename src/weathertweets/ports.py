@@ -58,8 +58,7 @@ class Message(msgspec.Struct, frozen=True, gc=False):
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
-class CountedTweet:
+class CountedTweet(msgspec.Struct, frozen=True, gc=False):
     """A tweet with the broker position it came from, so counters can apply it exactly once.
 
     `id` is set for tweets sent with an Idempotency-Key: a retried request may have put the
@@ -84,8 +83,7 @@ class Claim:
     body: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ArchivedTweet:
+class ArchivedTweet(msgspec.Struct, frozen=True, gc=False):
     tweet: Tweet
     archived_at: datetime
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from weathertweets import energy, tracing
 from weathertweets.access import Access, RateLimiter, load_keys
@@ -31,13 +31,15 @@ from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.errors import APP_ERRORS
 from weathertweets.services.gateway import Gateway
-from weathertweets.services.ingest import BrokerPublisher, start_ingest_server
-from weathertweets.services.ingest_client import IngestClient
 from weathertweets.services.live import LiveFeed
 from weathertweets.services.ops import Check, add_ops_routes
+from weathertweets.services.publishing import BrokerPublisher
 from weathertweets.services.writes import WriteGuard
 from weathertweets.web import Router
 from weathertweets.workers import GatewayWorkers, stop_when_orphaned
+
+if TYPE_CHECKING:
+    from weathertweets.services.ingest_client import IngestClient
 
 log = logging.getLogger("weathertweets")
 
@@ -189,6 +191,8 @@ async def _start_counter(ctx: Context) -> None:
 
 
 async def _start_ingest(ctx: Context) -> None:
+    from weathertweets.services.ingest import start_ingest_server  # gRPC: where it serves only
+
     assert ctx.broker is not None
     address = f"{ctx.settings.host}:{ctx.settings.ingest_port}"
     server = await start_ingest_server(
@@ -211,6 +215,8 @@ async def _start_gateway(ctx: Context) -> None:
     if ctx.broker is not None:  # ingest runs here too, or the gateway publishes by itself
         publisher = BrokerPublisher(ctx.broker)
     else:
+        from weathertweets.services.ingest_client import IngestClient  # gRPC: only as a client
+
         publisher = IngestClient(
             settings.ingest_target, max_batch=settings.max_batch, token=settings.internal_token
         )

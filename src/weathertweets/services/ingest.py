@@ -16,14 +16,14 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from weathertweets import tracing
-from weathertweets.domain import InvalidTweet, Tweet, encode_record
+from weathertweets.domain import InvalidTweet, Tweet
 from weathertweets.logs import REQUEST_ID
-from weathertweets.metrics import BATCH_SIZE, GRPC_DURATION, GRPC_HANDLED, PUBLISHED
-from weathertweets.ports import BackendUnavailable, Broker, Record
+from weathertweets.metrics import GRPC_DURATION, GRPC_HANDLED
+from weathertweets.ports import Broker
 from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from weathertweets.rpc_codec import count_field, from_pb, unique_ids
 from weathertweets.server import is_loopback
+from weathertweets.services.publishing import BrokerPublisher
 from weathertweets.services.writes import OutcomeUnknown
 
 log = logging.getLogger("weathertweets.ingest")
@@ -46,42 +46,6 @@ SERVER_OPTIONS = [
     ("grpc.max_connection_age_grace_ms", 30_000),
     ("grpc.so_reuseport", 0),
 ]
-
-
-def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[Record]:
-    """The broker records; with tracing on, each under an `ingest` span whose context its
-    record's headers carry on to the consumers."""
-    if not tracing.enabled():
-        return [Record(encode_record(t)) for t in tweets]
-    records = []
-    for tweet, carried in zip(tweets, headers or [{}] * len(tweets), strict=True):
-        with tracing.span("ingest publish", "ingest", parent=carried, tweet_id=tweet.id):
-            outgoing = tracing.as_record_headers(tracing.current_headers())
-        records.append(Record(encode_record(tweet), headers=outgoing))
-    return records
-
-
-class BrokerPublisher:
-    """Ingest's publishing step: tweets already validated onto the broker. The gRPC service
-    uses it, and so does a gateway that shares the process with ingest (no loopback hop)."""
-
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
-
-    async def publish(
-        self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
-    ) -> None:
-        """Raises OutcomeUnknown when the broker failed: it may have taken the records."""
-        try:
-            await self._broker.publish(_records(list(tweets), headers))
-        except BackendUnavailable as error:
-            log.warning("broker unavailable: %s", error)
-            raise OutcomeUnknown(f"broker unavailable: {error}") from error
-        PUBLISHED.inc(len(tweets))
-        BATCH_SIZE.labels("ingest").observe(len(tweets))
-
-    async def ping(self) -> None:
-        await self._broker.ping()
 
 
 def presents_token(metadata: Mapping[str, Any], token: bytes) -> bool:
