@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 TOOLS := .cache/tools
 UV := $(TOOLS)/bin/uv
-SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(PYTHON_EXE)
+# Compiled at install, as in the image: a process that compiles its imports at start carries
+# the compiler's memory too (6 MB for redis alone), and more when bytecode cannot be written.
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --compile-bytecode --python $(PYTHON_EXE)
 RUNTIME_STAMP := $(VENV)/.runtime
 DEV_STAMP := $(VENV)/.dev
 DEPENDS := pyproject.toml uv.lock build_protos.py src/weathertweets/proto/*.proto
