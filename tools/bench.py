@@ -13,7 +13,9 @@ once) and medians reported. Per case: tweets/s, its ratio to bare at the same co
 p50/p99, CPU µs per tweet and peak RSS of each service's processes, and the time until the sinks
 caught up (archived = counted ≥ acknowledged). Afterwards, for up and stack: freshness (the
 end-to-end histogram's p50/p99 at half the single-tweet maximum, paced by wrk) and the latency of
-GET /api/v1/stats. Every tweet wrk saw acknowledged must be archived and counted, and no more
+GET /api/v1/stats. Before the first case, each server's memory at rest: RSS and PSS per
+process and their sums (PSS counts a shared library once for the whole group, RSS once per
+process). Every tweet wrk saw acknowledged must be archived and counted, and no more
 than were in flight when wrk stopped may be extra: the bench fails otherwise.
 
 Environment: BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_ONLY (comma-separated case names),
@@ -58,6 +60,7 @@ WITH_STACK = os.environ.get("BENCH_STACK", "1") != "0"
 STATS_AT = int(os.environ.get("BENCH_STATS_AT", "0"))
 STACK_WORKERS = os.environ.get("BENCH_STACK_WORKERS", "2")
 STACK_PUBLISH = os.environ.get("BENCH_STACK_PUBLISH", "broker")
+REST_SECONDS = 10  # after every server is ready, before the first case: memory at rest
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 BARE_APP = """
@@ -188,6 +191,33 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS): PSS shares each page among the processes that map it, so PSS adds up to
+    what a group of processes occupies, where RSS counts shared libraries once per process."""
+    found = {"Rss:": 0.0, "Pss:": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, rest = line.partition(" ")
+            if name in found:
+                found[name] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return found["Rss:"], found["Pss:"]
+
+
+def at_rest(root: int) -> dict[str, object]:
+    """Memory of a server's processes once it is ready and idle."""
+    processes = {}
+    for pid in tree(root):
+        rss, pss = memory_mb(pid)
+        processes[f"{service_of(pid)}:{pid}"] = {"rss_mb": round(rss, 1), "pss_mb": round(pss, 1)}
+    return {
+        "processes": processes,
+        "rss_mb": round(sum(p["rss_mb"] for p in processes.values())),
+        "pss_mb": round(sum(p["pss_mb"] for p in processes.values())),
+    }
 
 
 class PeakRss(threading.Thread):
@@ -650,6 +680,11 @@ def main() -> int:
                 made[name].start(scratch / f"{name}.log")
             for name in used:
                 made[name].wait_ready("/" if name == "bare" else "/readyz")
+            time.sleep(REST_SECONDS)
+            report["at_rest"] = {
+                name: at_rest(made[name].process.pid)  # type: ignore[union-attr]
+                for name in sorted(used)
+            }
             for number in range(ROUNDS):
                 for case in chosen:
                     case.runs.append(run_case(wrk, case, scratch))
@@ -767,6 +802,11 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"exact: {report['exact']}")
     if report.get("engines_rss_mb"):
         print(f"engines RSS MB: {report['engines_rss_mb']}")
+    for name, rest in report.get("at_rest", {}).items():
+        print(
+            f"at rest {name}: {len(rest['processes'])} processes, RSS {rest['rss_mb']} MB, "
+            f"PSS {rest['pss_mb']} MB"
+        )
 
 
 if __name__ == "__main__":
