@@ -147,6 +147,26 @@ def test_stack_replicas_are_parsed_and_checked(
     assert stack.children["ingest-2"].settings.ingest_port == 50151
 
 
+def test_stack_runs_a_gateway_s_workers_as_its_own_children(tmp_path: Path) -> None:
+    from weathertweets.config import SettingError
+    from weathertweets.stack import Stack, parse_replicas
+
+    settings = Settings(broker_url="kafka://k:9092", workers=2).resolve()
+    stack = Stack(settings, tmp_path, parse_replicas("gateway=2"))
+    gateways = {n: c for n, c in stack.children.items() if c.service == "gateway"}
+    assert {n: c.port for n, c in gateways.items()} == {
+        "gateway-1-w1": 8080,
+        "gateway-1-w2": 8080,
+        "gateway-2-w1": 8180,
+        "gateway-2-w2": 8180,
+    }
+    assert all(c.settings.workers == 1 and c.settings.reuse_port for c in gateways.values())
+    assert {c.settings.workers for n, c in stack.children.items() if n not in gateways} == {2}
+    clash = Settings(broker_url="kafka://k:9092", workers=2, port=8100).resolve()
+    with pytest.raises(SettingError, match="gateway-w1 and counter-2"):  # workers share no other's
+        Stack(clash, tmp_path, parse_replicas("counter=2"))
+
+
 def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:
     from weathertweets.config import SettingError
     from weathertweets.stack import Stack, parse_replicas

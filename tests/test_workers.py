@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +91,40 @@ def _alive(pid: int) -> bool:
         return " Z " not in Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return False
+
+
+def test_a_stack_s_gateway_workers_are_its_children_and_do_not_outlive_it(
+    tmp_path: Path,
+) -> None:
+    names = ("WT_PORT", "WT_INGEST_PORT", "WT_INGEST_METRICS_PORT", "WT_ARCHIVER_PORT")
+    ports = {name: str(free_port()) for name in (*names, "WT_COUNTER_PORT")}
+    env = {**ports, "WT_DATA_DIR": str(tmp_path / "data"), "WT_PROMETHEUS_TARGETS_FILE": ""}
+    stack = ServiceProcess(["stack"], tmp_path / "stack.log", {**env, "WT_WORKERS": "2"}).start()
+    url = f"http://127.0.0.1:{ports['WT_PORT']}"
+    _wait_for(lambda: "stack ready" in stack.output, timeout=90)
+    assert stack.proc is not None
+    children = {pid: _command(pid) for pid in _children(stack.proc.pid)}
+    workers = [pid for pid, command in children.items() if command.endswith("serve gateway")]
+    assert len(children) == 5 and len(workers) == 2  # no gateway parent in between
+    assert all(not _children(pid) for pid in workers)
+    responses = []
+    for i in range(200):  # a new connection each time: the kernel spreads them
+        with httpx.Client(base_url=url, timeout=10) as client:
+            responses.append(client.post("/input", json={"texto": f"Sol {i}", "pais": "Chile"}))
+    assert [r.status_code for r in responses] == [202] * 200
+    assert len(_worker_prefixes(responses)) == 2
+
+    def counted() -> bool:
+        stats = httpx.get(url + "/api/v1/stats", timeout=10).json()
+        return bool(stats["total"] == stats["archived"] == 200)
+
+    _wait_for(counted)
+    stack.kill()  # no chance to stop its children: the workers see it and stop by themselves
+    _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+    for pid in set(children) - set(workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

@@ -7,6 +7,10 @@ behind the operator's back; the stack then exits non-zero when it is stopped.
 instance N listens on every port of the first plus 100 × (N − 1) (`ingest-2`: gRPC 50151,
 HTTP 8102). The gateways balance over every ingest; the archivers share one consumer group,
 the counters another, and the broker shares the partitions among them.
+
+`--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
+and watched by the stack itself like any service (`gateway-w1`, `gateway-w2`): no parent
+process in between, and a worker stops by itself if the stack is killed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from weathertweets.config import SettingError, Settings
+from weathertweets.workers import PARENT
 
 START_ORDER = ("ingest", "archiver", "counter", "gateway")
 STOP_ORDER = ("gateway", "ingest", "archiver", "counter")  # stop taking tweets, then drain
@@ -95,6 +100,20 @@ class Child:
         return _http_port(self.service, self.settings)
 
 
+def _processes(service: str, settings: Settings) -> list[tuple[int, Settings]]:
+    """(worker number, settings) of each process of one instance: a gateway with `workers`
+    above one is that many processes on its port (numbered from 1), anything else one (0)."""
+    if service != "gateway" or settings.workers <= 1:
+        return [(0, settings)]
+    worker = replace(settings, workers=1, reuse_port=True)
+    return [(number, worker) for number in range(1, settings.workers + 1)]
+
+
+def _workers_of_one(first: str, second: str) -> bool:
+    """`gateway-w1` and `gateway-w2` (or `gateway-2-w1` and `gateway-2-w2`) share a port."""
+    return "-w" in first and first.rpartition("-w")[0] == second.rpartition("-w")[0]
+
+
 def _answers_200(url: str) -> bool:
     """The standard library only: `stack` runs in the runtime image, without dev tools."""
     with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
@@ -103,7 +122,9 @@ def _answers_200(url: str) -> bool:
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
+    env[PARENT] = str(os.getpid())  # a gateway worker stops when the stack is gone
+    return env
 
 
 @dataclass
@@ -130,12 +151,15 @@ class Stack:
             count = self.replicas[service]
             for index in range(count):
                 name = service if count == 1 else f"{service}-{index + 1}"
-                log = self.log_dir / f"{name}.log"
-                self.children[name] = Child(name, service, instance_settings(base, index), log)
+                for worker, settings in _processes(service, instance_settings(base, index)):
+                    named = f"{name}-w{worker}" if worker else name
+                    log = self.log_dir / f"{named}.log"
+                    self.children[named] = Child(named, service, settings, log)
         self._check_ports()
 
     def _check_ports(self) -> None:
-        """Each instance's ports are valid, fixed, and nobody else's."""
+        """Each instance's ports are valid, fixed, and nobody else's (a gateway's workers
+        share theirs)."""
         owners: dict[int, str] = {}
         for child in self.children.values():
             child.settings.checked()
@@ -144,7 +168,11 @@ class Stack:
                 ports.append(child.settings.ingest_port)
             for port in ports:
                 if port == 0 and len(self.children) > len(START_ORDER):
-                    raise SettingError("--replicas needs fixed ports (0 picks one per process)")
+                    raise SettingError(
+                        "--replicas and --workers need fixed ports (0 picks one per process)"
+                    )
+                if port in owners and _workers_of_one(owners[port], child.name):
+                    continue
                 if port and port in owners:
                     raise SettingError(
                         f"{child.name} and {owners[port]} would both listen on port {port}:"
@@ -189,9 +217,10 @@ class Stack:
     def _write_prometheus_targets(self) -> None:
         if not self.settings.prometheus_targets_file:
             return
+        by_port = {c.port: c.service for c in self.children.values()}  # one a worker group
         groups = [
-            {"targets": [f"{self.host}:{c.port}"], "labels": {"service": c.service}}
-            for c in self.children.values()
+            {"targets": [f"{self.host}:{port}"], "labels": {"service": service}}
+            for port, service in by_port.items()
         ]
         target = Path(self.settings.prometheus_targets_file)
         target.parent.mkdir(parents=True, exist_ok=True)
