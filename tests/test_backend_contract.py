@@ -201,6 +201,21 @@ async def test_a_sqlite_thread_runs_jobs_in_order_and_hands_back_their_errors(
     with pytest.raises(BackendUnavailable, match="no such table"):  # SQLite's own: retry later
         await db.run(lambda conn: conn.execute("SELECT * FROM missing"))
     assert await db.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 50
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait(10)
+
+    holding = asyncio.ensure_future(db.run(hold))
+    assert await asyncio.to_thread(busy.wait, 10)
+    given_up = asyncio.ensure_future(db.run(add(99)))  # queued behind `hold`
+    await asyncio.sleep(0.05)
+    given_up.cancel()
+    release.set()
+    await holding
+    assert await db.run(add(100)) == 100
+    assert 99 not in seen  # its waiter gave up before it began: it never ran
     await db.close()
     with pytest.raises(RuntimeError, match="closed"):
         await db.run(lambda conn: None)

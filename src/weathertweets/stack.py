@@ -85,6 +85,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
     reported: bool = False
+    log_start: int = 0  # the log's size when this run started it
 
     @property
     def state(self) -> str:
@@ -98,6 +99,17 @@ class Child:
     @property
     def port(self) -> int:
         return _http_port(self.service, self.settings)
+
+    def answers_ready(self, host: str) -> bool:
+        """Its port answers /readyz; a worker sharing its port must also have said so itself
+        (the port may have answered from another worker)."""
+        if not _answers_200(f"http://{host}:{self.port}/readyz"):
+            return False
+        if not self.settings.reuse_port:
+            return True
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return b"ready: " in log.read()
 
 
 def _processes(service: str, settings: Settings) -> list[tuple[int, Settings]]:
@@ -123,7 +135,8 @@ def _answers_200(url: str) -> bool:
 
 def child_environment(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
-    env[PARENT] = str(os.getpid())  # a gateway worker stops when the stack is gone
+    if settings.reuse_port:
+        env[PARENT] = str(os.getpid())  # a gateway worker stops when the stack is gone
     return env
 
 
@@ -187,6 +200,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children.values():
             log = child.log.open("ab")
+            child.log_start = log.tell()
             command = [sys.executable, "-m", "weathertweets.cli", "serve", child.service]
             env = child_environment(child.settings)
             child.process = subprocess.Popen(
@@ -200,7 +214,7 @@ class Stack:
         while time.monotonic() < deadline and not self.stopping:
             for child in self.children.values():
                 if not child.ready and child.process and child.process.poll() is None:
-                    child.ready = _answers_200(f"http://{self.host}:{child.port}/readyz")
+                    child.ready = child.answers_ready(self.host)
             if self._report_deaths() or all(c.ready for c in self.children.values()):
                 break
             time.sleep(0.2)
@@ -211,7 +225,7 @@ class Stack:
         return "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
 
     def gateways(self) -> str:
-        ports = [c.port for c in self.children.values() if c.service == "gateway"]
+        ports = {c.port: None for c in self.children.values() if c.service == "gateway"}
         return " or ".join(f"http://{self.host}:{port}/input" for port in ports)
 
     def _write_prometheus_targets(self) -> None:
@@ -229,11 +243,12 @@ class Stack:
         scratch.replace(target)  # Prometheus must never read half a file
 
     def table(self) -> str:
-        rows = [f"{'service':<11} {'pid':>7}  {'state':<12} {'address':<22} log"]
+        width = max(11, *(len(name) for name in self.children))
+        rows = [f"{'service':<{width}} {'pid':>7}  {'state':<12} {'address':<22} log"]
         for c in self.children.values():
             pid = c.process.pid if c.process else "-"
             address = f"http://{self.host}:{c.port}"
-            rows.append(f"{c.name:<11} {pid:>7}  {c.state:<12} {address:<22} {c.log}")
+            rows.append(f"{c.name:<{width}} {pid:>7}  {c.state:<12} {address:<22} {c.log}")
         return "\n".join(rows)
 
     def _report_deaths(self) -> bool:

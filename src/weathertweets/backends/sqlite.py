@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from weathertweets.ports import BackendUnavailable
 
 R = TypeVar("R")
+_EXIT_CHECK = 1.0  # seconds between looks at whether the interpreter is exiting
 
 
 def path_from_url(url: str) -> Path:
@@ -47,7 +48,7 @@ class SqliteThread:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[R] = loop.create_future()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread = threading.Thread(target=self._serve, name=self._name)
             self._thread.start()
         self._jobs.put((job, done, loop))
         try:
@@ -56,8 +57,20 @@ class SqliteThread:
             raise BackendUnavailable(f"sqlite {self.path.name}: {error}") from error
 
     def _serve(self) -> None:
-        while (item := self._jobs.get()) is not None:
+        """Until closed, or (never closed) once the interpreter exits and the queue is empty:
+        like an executor's worker, a job begun is finished."""
+        while True:
+            try:
+                item = self._jobs.get(timeout=_EXIT_CHECK)
+            except queue.Empty:
+                if threading.main_thread().is_alive():
+                    continue
+                return
+            if item is None:
+                return
             job, done, loop = item
+            if done.cancelled():  # its waiter gave up before it began: as an executor would
+                continue
             try:
                 outcome: tuple[object, BaseException | None] = (self._call(job), None)
             except BaseException as error:  # the waiter gets it, whatever it is

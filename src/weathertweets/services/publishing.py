@@ -13,7 +13,6 @@ from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.services.writes import OutcomeUnknown
 
 log = logging.getLogger("weathertweets.ingest")
-_BATCH_SIZE = BATCH_SIZE.labels("ingest")  # once: `labels` costs a lock and a lookup a call
 
 
 def _records(tweets: list[Tweet], headers: Sequence[Mapping[str, str]]) -> list[Record]:
@@ -35,6 +34,7 @@ class BrokerPublisher:
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
+        self._batch_size = BATCH_SIZE.labels("ingest")  # once: a lock and a lookup a call
 
     async def publish(
         self, tweets: Sequence[Tweet], headers: Sequence[Mapping[str, str]] = ()
@@ -46,7 +46,7 @@ class BrokerPublisher:
             log.warning("broker unavailable: %s", error)
             raise OutcomeUnknown(f"broker unavailable: {error}") from error
         PUBLISHED.inc(len(tweets))
-        _BATCH_SIZE.observe(len(tweets))
+        self._batch_size.observe(len(tweets))
 
     async def ping(self) -> None:
         await self._broker.ping()
