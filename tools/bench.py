@@ -14,9 +14,10 @@ p50/p99, CPU µs per tweet and peak RSS of each service's processes, and the tim
 caught up (archived = counted ≥ acknowledged). Afterwards, for up and stack: freshness (the
 end-to-end histogram's p50/p99 at half the single-tweet maximum, paced by wrk) and the latency of
 GET /api/v1/stats. Before the first case, each server's memory at rest: RSS and PSS per
-process and their sums (PSS counts a shared library once for the whole group, RSS once per
-process). Every tweet wrk saw acknowledged must be archived and counted, and no more
-than were in flight when wrk stopped may be extra: the bench fails otherwise.
+process, their sums, and the group's memory with each page counted once (a sum of RSS counts a
+shared library once per process; a sum of PSS depends on what else maps it). Every tweet wrk
+saw acknowledged must be archived and counted, and no more than were in flight when wrk stopped
+may be extra: the bench fails otherwise.
 
 Environment: BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_ONLY (comma-separated case names),
 BENCH_STACK (1), BENCH_STACK_WORKERS (2) and BENCH_STACK_PUBLISH (broker, or ingest: through
@@ -207,16 +208,45 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return found["Rss:"], found["Pss:"]
 
 
+def resident_once_mb(pids: list[int]) -> float:
+    """What a group of processes holds in memory, each page once: every process's private
+    pages, plus each mapped file's shared pages once (the most any one process has of it).
+    Unlike a sum of PSS it does not depend on what else runs beside the group."""
+    private = 0
+    shared: dict[str, int] = {}
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        except OSError:
+            continue
+        mine: dict[str, int] = {}
+        mapping = ""
+        for line in lines:
+            key, _, rest = line.partition(" ")
+            if not key.endswith(":"):  # a mapping's header: address perms offset dev inode path
+                parts = line.split(None, 5)
+                mapping = parts[5] if len(parts) == 6 else f"[anonymous of {pid}]"
+            elif key in ("Private_Clean:", "Private_Dirty:"):
+                private += int(rest.split()[0])
+            elif key in ("Shared_Clean:", "Shared_Dirty:"):
+                mine[mapping] = mine.get(mapping, 0) + int(rest.split()[0])
+        for mapping, kb in mine.items():
+            shared[mapping] = max(shared.get(mapping, 0), kb)
+    return (private + sum(shared.values())) / 1024
+
+
 def at_rest(root: int) -> dict[str, object]:
     """Memory of a server's processes once it is ready and idle."""
+    pids = tree(root)
     processes = {}
-    for pid in tree(root):
+    for pid in pids:
         rss, pss = memory_mb(pid)
         processes[f"{service_of(pid)}:{pid}"] = {"rss_mb": round(rss, 1), "pss_mb": round(pss, 1)}
     return {
         "processes": processes,
         "rss_mb": round(sum(p["rss_mb"] for p in processes.values())),
         "pss_mb": round(sum(p["pss_mb"] for p in processes.values())),
+        "resident_once_mb": round(resident_once_mb(pids)),
     }
 
 
@@ -804,8 +834,9 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"engines RSS MB: {report['engines_rss_mb']}")
     for name, rest in report.get("at_rest", {}).items():
         print(
-            f"at rest {name}: {len(rest['processes'])} processes, RSS {rest['rss_mb']} MB, "
-            f"PSS {rest['pss_mb']} MB"
+            f"at rest {name}: {len(rest['processes'])} processes, RSS summed "
+            f"{rest['rss_mb']} MB, each page once {rest['resident_once_mb']} MB "
+            f"({rest['resident_once_mb'] / 1.048576:.0f} MiB), PSS summed {rest['pss_mb']} MB"
         )
 
 

@@ -13,6 +13,10 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+# Not a setting: what a parent process tells the gateway workers it starts (`workers.py`,
+# `stack.py`), so that a worker started after its parent's death still knows to stop.
+PARENT_PID = "WT_PARENT_PID"
+
 
 class SettingError(ValueError):
     """A setting's value cannot be used; the message names where it came from."""

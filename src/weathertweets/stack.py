@@ -15,21 +15,19 @@ process in between, and a worker stops by itself if the stack is killed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from weathertweets.config import SettingError, Settings
-from weathertweets.workers import PARENT
+from weathertweets.config import PARENT_PID, SettingError, Settings
 
 START_ORDER = ("ingest", "archiver", "counter", "gateway")
 STOP_ORDER = ("gateway", "ingest", "archiver", "counter")  # stop taking tweets, then drain
@@ -103,7 +101,7 @@ class Child:
     def answers_ready(self, host: str) -> bool:
         """Its port answers /readyz; a worker sharing its port must also have said so itself
         (the port may have answered from another worker)."""
-        if not _answers_200(f"http://{host}:{self.port}/readyz"):
+        if not _answers_200(host, self.port, "/readyz"):
             return False
         if not self.settings.reuse_port:
             return True
@@ -126,17 +124,27 @@ def _workers_of_one(first: str, second: str) -> bool:
     return "-w" in first and first.rpartition("-w")[0] == second.rpartition("-w")[0]
 
 
-def _answers_200(url: str) -> bool:
-    """The standard library only: `stack` runs in the runtime image, without dev tools."""
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-        return bool(response.status == 200)
-    return False
+def _answers_200(host: str, port: int, path: str) -> bool:
+    """A GET over a plain socket, so the supervisor stays small: urllib would bring 4 MB of
+    modules (http.client, email) into a process that only watches the others."""
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            while b"\r\n" not in head and len(head) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    return head.split(b" ", 2)[1:2] == [b"200"]
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
     env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
     if settings.reuse_port:
-        env[PARENT] = str(os.getpid())  # a gateway worker stops when the stack is gone
+        env[PARENT_PID] = str(os.getpid())  # a gateway worker stops when the stack is gone
     return env
 
 

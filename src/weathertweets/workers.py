@@ -23,23 +23,22 @@ import sys
 import time
 import urllib.request
 
-from weathertweets.config import Settings
+from weathertweets.config import PARENT_PID, Settings
 
 log = logging.getLogger("weathertweets")
 
 STOP_TIMEOUT = 30.0
-PARENT = "WT_PARENT_PID"  # set by the parent: a worker started after its death still knows
 
 
 def worker_environment(settings: Settings, publish: str) -> dict[str, str]:
     worker = {"WT_WORKERS": "1", "WT_REUSE_PORT": "1", "WT_GATEWAY_PUBLISH": publish}
-    worker[PARENT] = str(os.getpid())
+    worker[PARENT_PID] = str(os.getpid())
     return {**os.environ, **settings.environment(), **worker, "PYTHONUNBUFFERED": "1"}
 
 
 async def stop_when_orphaned(stopping: asyncio.Event, every: float = 1.0) -> None:
     """In a worker: set `stopping` once the parent process is gone."""
-    parent = int(os.environ.get(PARENT) or os.getppid())
+    parent = int(os.environ.get(PARENT_PID) or os.getppid())
     while os.getppid() == parent:  # noqa: ASYNC110 - no event tells of a parent's death
         await asyncio.sleep(every)
     log.warning("the parent process %d is gone; stopping", parent)
