@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -145,6 +146,20 @@ async def test_an_app_without_respond_gets_every_request_over_asgi(serve: Any) -
     answer = await _exchange(port, _post(b"/input", b"hola"))
     assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
     assert answer.endswith(b"/input asgi hola")
+
+
+async def test_a_websocket_upgrade_is_answered_in_plain_http(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = await serve(Echo())
+    upgrade = (
+        b"GET /other HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        answer = await _exchange(port, upgrade)
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n") and answer.endswith(b"/other asgi ")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_pipelined_requests_are_answered_in_order(serve: Any) -> None:

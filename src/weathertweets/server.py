@@ -275,6 +275,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         parts += (b"\r\n", response.body)
         return b"".join(parts)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """A client asking to switch protocols (WebSocket, h2c) is answered in plain HTTP; that
+        is no news for the operator, and uvicorn's advice to install a WebSocket library is not
+        ours to give (`ws="none"`: no route speaks WebSocket)."""
+        self.logger.debug("an upgrade request answered in plain HTTP")
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
@@ -341,6 +347,7 @@ async def http_server(
         log_config=None,
         access_log=False,
         proxy_headers=False,  # no code reads the client's address; a proxy's headers are data
+        ws="none",  # no WebSocket routes: the websockets library stays unloaded (1 MB a process)
         timeout_graceful_shutdown=15,
         timeout_keep_alive=KEEP_ALIVE,
         http=protocol,
