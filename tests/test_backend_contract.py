@@ -13,7 +13,7 @@ import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
 from weathertweets.backends.kafka import KafkaBroker, consumer_settings, parse_url
-from weathertweets.backends.sqlite import SqliteThread
+from weathertweets.backends.sqlite import SqliteThread, transaction
 from weathertweets.domain import encode_record, make_tweet
 from weathertweets.ports import ArchivedTweet, BackendUnavailable, Broker, CountedTweet, Record
 from weathertweets.weather import classify
@@ -220,3 +220,39 @@ async def test_a_sqlite_thread_runs_jobs_in_order_and_hands_back_their_errors(
     with pytest.raises(RuntimeError, match="closed"):
         await db.run(lambda conn: None)
     assert not any(thread.name == "sqlite-test" for thread in threading.enumerate())
+
+
+async def test_sqlite_writers_queue_on_the_lock_file_not_in_sqlite_s_busy_handler(
+    tmp_path: Path,
+) -> None:
+    """Two connections stand for two processes (flock locks belong to open files). The second
+    has no busy timeout: without the lock file it would fail at once with "database is
+    locked"; with it, it waits for the first writer and then writes."""
+    first = SqliteThread(tmp_path / "log.db", "CREATE TABLE t (n INTEGER)", "first")
+    second = SqliteThread(tmp_path / "log.db", "CREATE TABLE IF NOT EXISTS t (n INTEGER)", "second")
+    await first.open()
+    await second.run(lambda conn: conn.execute("PRAGMA busy_timeout = 0"))
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            writing.set()
+            release.wait(10)
+
+    def write(conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (2)")
+
+    holding = asyncio.ensure_future(first.run(slow_write))
+    assert await asyncio.to_thread(writing.wait, 10)
+    waiting = asyncio.ensure_future(second.run(write))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # queued on the lock file, not failed
+    release.set()
+    await asyncio.gather(holding, waiting)
+    rows = await second.run(lambda conn: conn.execute("SELECT n FROM t ORDER BY n").fetchall())
+    assert rows == [(1,), (2,)]
+    await first.close()
+    await second.close()
+    assert (tmp_path / "log.db-lock").exists()
