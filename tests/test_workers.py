@@ -107,6 +107,16 @@ def test_a_stack_s_gateway_workers_are_its_children_and_do_not_outlive_it(
     workers = [pid for pid, command in children.items() if command.endswith("serve gateway")]
     assert len(children) == 5 and len(workers) == 2  # no gateway parent in between
     assert all(not _children(pid) for pid in workers)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = {
+        _command(pid).rpartition(" ")[2]: os.getpriority(os.PRIO_PROCESS, pid) for pid in children
+    }
+    assert nice == {
+        "gateway": own,
+        "ingest": own,
+        "archiver": max(own, 10),
+        "counter": max(own, 10),
+    }
     responses = []
     for i in range(200):  # a new connection each time: the kernel spreads them
         with httpx.Client(base_url=url, timeout=10) as client:

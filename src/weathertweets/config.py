@@ -83,6 +83,11 @@ class Settings:
         "how a lone gateway publishes: ingest (gRPC) or broker (straight to the broker;"
         " a gateway that shares its process with ingest always does)",
     )
+    sink_nice: int = setting(
+        10,
+        "`stack`: niceness of the archiver and counter processes (0-19; 0: same as the rest),"
+        " so that taking tweets in goes first on a shared machine and the sinks catch up after",
+    )
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
     ingest_metrics_port: int = setting(8002, "ingest HTTP port: /metrics and probes")
@@ -164,6 +169,8 @@ class Settings:
         for name in ("partitions", "max_batch", "max_concurrent", "workers"):
             if getattr(self, name) < 1:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")
+        if not 0 <= self.sink_nice <= 19:
+            raise SettingError(f"WT_SINK_NICE={self.sink_nice}: 0 to 19")
         if self.unknown_countries not in ("refuse", "accept"):
             raise SettingError(
                 f"WT_UNKNOWN_COUNTRIES={self.unknown_countries!r}: use refuse or accept"

@@ -8,6 +8,10 @@ instance N listens on every port of the first plus 100 × (N − 1) (`ingest-2`:
 HTTP 8102). The gateways balance over every ingest; the archivers share one consumer group,
 the counters another, and the broker shares the partitions among them.
 
+The archiver and counter run at a lower CPU priority (`WT_SINK_NICE`, 10): on a machine the
+services share, a client waiting for its 202 goes before a sink, which the broker buffers and
+which catches up once the load eases.
+
 `--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
 and watched by the stack itself like any service (`gateway-w1`, `gateway-w2`): no parent
 process in between, and a worker stops by itself if the stack is killed.
@@ -215,6 +219,9 @@ class Stack:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
             )
             log.close()
+            if child.service in CONSUMERS:  # never below our own: that would need privilege
+                nice = max(os.getpriority(os.PRIO_PROCESS, 0), self.settings.sink_nice)
+                os.setpriority(os.PRIO_PROCESS, child.process.pid, nice)
         self._write_prometheus_targets()
 
     def wait_ready(self, timeout: float = 60) -> bool:
