@@ -23,7 +23,7 @@ Environment: BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_ONLY (comma-separated c
 BENCH_STACK (1), BENCH_STACK_WORKERS (2) and BENCH_STACK_PUBLISH (broker, or ingest: through
 the gRPC hop, as the Helm chart deploys it), BENCH_STATS_AT (0: else fill the stack's archive to
 this many tweets first and time /api/v1/stats there).
-Results: build/bench/results.json and a table on stdout.
+Results: build/bench/results.json and a table on stdout; the servers' logs in build/bench/logs.
 """
 
 from __future__ import annotations
@@ -335,8 +335,9 @@ class Server:
         while True:
             stats = self.stats()
             total = int(stats["total"])  # type: ignore[call-overload]
-            if self.mongo_url:
-                done = total >= self.acknowledged and self.processed() >= self.acknowledged
+            if self.mongo_url:  # a record read twice (a rebalance) counts twice as processed
+                archived = int(stats["archived"])  # type: ignore[call-overload]
+                done = min(total, archived, self.processed()) >= self.acknowledged
             else:
                 done = stats["total"] == stats["archived"] and total >= self.acknowledged
             if done:
@@ -744,6 +745,7 @@ def main() -> int:
         finally:
             for name in used:
                 made[name].stop()
+            keep_logs(scratch)
     report["machine"] = {
         "cpus": os.cpu_count(),
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -758,6 +760,16 @@ def main() -> int:
     print_table(report)
     print(f"written to {out}")
     return 0
+
+
+def keep_logs(scratch: Path) -> None:
+    """Every server's log (the stack's one per service) to build/bench/logs, the last run's."""
+    kept = ROOT / "build" / "bench" / "logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    for log in scratch.rglob("*.log"):
+        target = kept / log.relative_to(scratch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
 
 
 def archive_count(mongo_url: str) -> int:
