@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -12,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
+from weathertweets.backends import sqlite as sqlite_module
 from weathertweets.backends.kafka import KafkaBroker, consumer_settings, parse_url
-from weathertweets.backends.sqlite import SqliteThread, transaction
+from weathertweets.backends.sqlite import SqliteThread, transaction, vacuum
 from weathertweets.domain import encode_record, make_tweet
 from weathertweets.ports import ArchivedTweet, BackendUnavailable, Broker, CountedTweet, Record
 from weathertweets.weather import classify
@@ -256,3 +259,48 @@ async def test_sqlite_writers_queue_on_the_lock_file_not_in_sqlite_s_busy_handle
     await first.close()
     await second.close()
     assert (tmp_path / "log.db-lock").exists()
+
+
+async def test_a_writer_gives_up_on_a_held_lock_file_as_sqlite_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "LOCK_WAIT", 0.3)
+    db = SqliteThread(tmp_path / "log.db", "CREATE TABLE t (n INTEGER)", "held")
+    await db.open()
+    holder = os.open(tmp_path / "log.db-lock", os.O_RDWR)  # another process's hold, stopped
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def write(conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+
+    with pytest.raises(BackendUnavailable, match="database is locked"):  # a 503, then retried
+        await db.run(write)
+    os.close(holder)  # released, as the kernel does for a process that dies
+    await db.run(write)
+    assert await db.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+    await db.close()
+
+
+async def test_vacuum_gives_every_page_asked_for_back(tmp_path: Path) -> None:
+    db = SqliteThread(tmp_path / "big.db", "CREATE TABLE t (b BLOB)", "vacuum")
+
+    def fill_and_empty(conn: sqlite3.Connection) -> int:
+        with transaction(conn):
+            conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 3000,) for _ in range(2000)])
+        with transaction(conn):
+            conn.execute("DELETE FROM t")
+        return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def free_after(pages: int) -> Callable[[sqlite3.Connection], int]:
+        def job(conn: sqlite3.Connection) -> int:
+            vacuum(conn, pages)
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+        return job
+
+    free = await db.run(fill_and_empty)
+    assert free > 1500
+    assert await db.run(free_after(500)) == free - 500  # one step would have freed one page
+    assert await db.run(free_after(0)) == 0
+    await db.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -165,6 +166,18 @@ def test_stack_runs_a_gateway_s_workers_as_its_own_children(tmp_path: Path) -> N
     clash = Settings(broker_url="kafka://k:9092", workers=2, port=8100).resolve()
     with pytest.raises(SettingError, match="gateway-w1 and counter-2"):  # workers share no other's
         Stack(clash, tmp_path, parse_replicas("counter=2"))
+
+
+def test_stack_lowers_the_sinks_only_on_kafka(tmp_path: Path) -> None:
+    from weathertweets.stack import Stack
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    on_kafka = Stack(Settings(broker_url="kafka://k:9092").resolve(), tmp_path)
+    assert on_kafka._sink_nice() == max(0, 10 - own)
+    embedded = Stack(Settings(data_dir=tmp_path).resolve(), tmp_path)
+    assert embedded._sink_nice() == 0  # the sinks' commits share the log's write lock
+    off = Stack(Settings(broker_url="kafka://k:9092", sink_nice=0).resolve(), tmp_path)
+    assert off._sink_nice() == 0
 
 
 def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:

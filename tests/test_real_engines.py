@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,6 +58,16 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
         while "stack ready" not in stack.output and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "stack ready" in stack.output
+        assert stack.proc is not None  # on Kafka the sinks run at nice 10, every thread of them
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        for pid in (
+            Path(f"/proc/{stack.proc.pid}/task/{stack.proc.pid}/children").read_text().split()
+        ):
+            service = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
+            expected = max(own, 10) if service in ("archiver", "counter") else own
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                assert (service, int(stat[16])) == (service, expected)
         records = generate(20_000, seed=21)
         accepted = _send(gateway, records[:5000], batch=0)
         accepted += _send(gateway, records[5000:], batch=500)

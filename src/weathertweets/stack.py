@@ -8,9 +8,9 @@ instance N listens on every port of the first plus 100 × (N − 1) (`ingest-2`:
 HTTP 8102). The gateways balance over every ingest; the archivers share one consumer group,
 the counters another, and the broker shares the partitions among them.
 
-The archiver and counter run at a lower CPU priority (`WT_SINK_NICE`, 10): on a machine the
-services share, a client waiting for its 202 goes before a sink, which the broker buffers and
-which catches up once the load eases.
+On Kafka the archiver and counter run at a lower CPU priority (`WT_SINK_NICE`, 10): on a
+machine the services share, a client waiting for its 202 goes before a sink, which Kafka
+buffers and which catches up once the load eases.
 
 `--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
 and watched by the stack itself like any service (`gateway-w1`, `gateway-w2`): no parent
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -215,14 +216,26 @@ class Stack:
             child.log_start = log.tell()
             command = [sys.executable, "-m", "weathertweets.cli", "serve", child.service]
             env = child_environment(child.settings)
+            lower = self._sink_nice() if child.service in CONSUMERS else 0
             child.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                # In the child before it runs anything: every thread it starts inherits it.
+                preexec_fn=partial(os.nice, lower) if lower else None,
             )
             log.close()
-            if child.service in CONSUMERS:  # never below our own: that would need privilege
-                nice = max(os.getpriority(os.PRIO_PROCESS, 0), self.settings.sink_nice)
-                os.setpriority(os.PRIO_PROCESS, child.process.pid, nice)
         self._write_prometheus_targets()
+
+    def _sink_nice(self) -> int:
+        """How much lower the sinks run: to WT_SINK_NICE, never below our own (that would need
+        privilege), and only on Kafka: on the embedded broker the sinks' commits take the
+        log's write lock the gateway appends under, and a low-priority holder would hold it up."""
+        if not self.settings.broker_url.startswith("kafka://"):
+            return 0
+        return max(0, self.settings.sink_nice - os.getpriority(os.PRIO_PROCESS, 0))
 
     def wait_ready(self, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,11 +1,12 @@
 """One SQLite connection driven from one worker thread, so the event loop never blocks on disk.
 
 Writers queue on a lock file beside the database (`<file>-lock`, flock) before SQLite's own
-write lock: several processes append to one file (a stack's gateway workers), and SQLite's busy
-handler polls with sleeps of 1, 2, 5 … 100 ms, which under contention costs more than the
-write. The kernel wakes the next writer as soon as the lock is free, and releases the lock of a
-process that dies. Writers that do not take it (the sqlite3 shell) still meet SQLite's lock and
-its busy timeout.
+write lock: several processes append to one file (the gateway workers of `up --workers N`), and
+SQLite's busy handler, once it finds the database locked, sleeps 1, 2, 5 … 100 ms between
+looks, far longer than a write holds it. A writer waiting for the lock file looks again
+within a millisecond, and gives up after LOCK_WAIT with SQLite's own "database is locked"
+(503 to a client, as before); the kernel releases the lock of a process that dies. Writers
+that do not take it (the sqlite3 shell) still meet SQLite's lock and its busy timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,7 @@ from weathertweets.ports import BackendUnavailable
 
 R = TypeVar("R")
 _EXIT_CHECK = 1.0  # seconds between looks at whether the interpreter is exiting
+LOCK_WAIT = 10.0  # seconds a writer waits for the lock file (SQLite's busy timeout is the same)
 
 
 def path_from_url(url: str) -> Path:
@@ -98,16 +101,23 @@ class SqliteThread:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, factory=LockedConnection
         )
-        conn.write_lock = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        # Takes effect on a new file only: deleted rows' pages can go back to the file system.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk before we acknowledge anything that depends on it.
-        conn.execute("PRAGMA synchronous = FULL")
-        with transaction(conn):
-            for statement in _statements(self._schema):
-                conn.execute(statement)
+        try:
+            try:
+                conn.write_lock = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:  # as SQLite reports a file it cannot open: retry later
+                raise sqlite3.OperationalError(f"lock file: {error}") from error
+            conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+            # Takes effect on a new file only: deleted rows' pages can go back to the file system.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before we acknowledge anything that depends on it.
+            conn.execute("PRAGMA synchronous = FULL")
+            with transaction(conn):
+                for statement in _statements(self._schema):
+                    conn.execute(statement)
+        except BaseException:
+            conn.close()  # and its lock file: a failed open is retried at the next job
+            raise
         return conn
 
     async def close(self) -> None:
@@ -141,18 +151,40 @@ class LockedConnection(sqlite3.Connection):
     write_lock: int | None = None
 
     def close(self) -> None:
-        super().close()
-        if self.write_lock is not None:
-            os.close(self.write_lock)
-            self.write_lock = None
+        try:
+            super().close()
+        finally:
+            if self.write_lock is not None:
+                os.close(self.write_lock)
+                self.write_lock = None
+
+
+@contextmanager
+def writer_lock(conn: sqlite3.Connection) -> Iterator[None]:
+    """Hold the database's lock file (a connection without one: nothing to hold)."""
+    lock = getattr(conn, "write_lock", None)
+    if lock is None:
+        yield
+        return
+    pause, deadline = 0.0001, time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("database is locked") from None
+            time.sleep(pause)  # without the GIL; the holder's write takes about a millisecond
+            pause = min(pause * 2, 0.001)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    lock = getattr(conn, "write_lock", None)
-    if lock is not None:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # releases the GIL while it waits
-    try:
+    with writer_lock(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -160,9 +192,18 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    finally:
-        if lock is not None:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def vacuum(conn: sqlite3.Connection, pages: int = 0) -> None:
+    """Give up to `pages` free pages (0: all) back to the file system, under the writers' lock.
+    As a script: `execute` steps this pragma once, and each step frees a single page."""
+    with writer_lock(conn):
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({pages}); COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def _statements(script: str) -> list[str]:

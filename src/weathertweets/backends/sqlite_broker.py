@@ -74,10 +74,11 @@ class SqliteBroker:
 
     async def start(self) -> None:
         def migrate(conn: sqlite3.Connection) -> None:
-            present = {row[1] for row in conn.execute("PRAGMA table_info(log)")}
-            for column, kind in LOG_COLUMNS.items():
-                if column not in present:
-                    conn.execute(f"ALTER TABLE log ADD COLUMN {column} {kind}")
+            with transaction(conn):
+                present = {row[1] for row in conn.execute("PRAGMA table_info(log)")}
+                for column, kind in LOG_COLUMNS.items():
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE log ADD COLUMN {column} {kind}")
 
         await self._writer.run(migrate)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from weathertweets.backends.sqlite import SqliteThread, transaction
+from weathertweets.backends.sqlite import SqliteThread, transaction, vacuum
 from weathertweets.metrics import BROKER_TRIMMED
 from weathertweets.ports import BackendUnavailable
 
@@ -158,6 +158,6 @@ def _vacuum_step(conn: sqlite3.Connection) -> int:
     before = conn.execute("PRAGMA freelist_count").fetchone()[0]
     if not before:
         return 0
-    conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+    vacuum(conn, VACUUM_PAGES)
     after = conn.execute("PRAGMA freelist_count").fetchone()[0]
     return int(before - after)

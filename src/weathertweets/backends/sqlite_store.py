@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from weathertweets.backends.sqlite import SqliteThread, transaction
+from weathertweets.backends.sqlite import SqliteThread, transaction, vacuum
 from weathertweets.domain import Tweet
 from weathertweets.ports import ArchivedTweet
 
@@ -88,7 +88,7 @@ class SqliteStore:
                 ).rowcount
                 conn.execute("UPDATE meta SET value = value - ? WHERE key = 'documents'", (gone,))
             if gone:
-                conn.execute("PRAGMA incremental_vacuum").fetchall()
+                vacuum(conn)
             return int(gone)
 
         total = 0
