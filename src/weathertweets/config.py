@@ -85,8 +85,8 @@ class Settings:
     )
     sink_nice: int = setting(
         10,
-        "`stack`: niceness of the archiver and counter processes (0-19; 0: same as the rest),"
-        " so that taking tweets in goes first on a shared machine and the sinks catch up after",
+        "`stack` on Kafka: niceness of the archiver and counter processes (0-19; 0: same as the"
+        " rest), so that taking tweets in goes first on a shared machine; the sinks catch up after",
     )
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
