@@ -58,7 +58,10 @@ def test_metrics_have_request_durations_and_grpc_calls(pipeline: Pipeline) -> No
         # `up`'s gateway publishes in-process; a gRPC client (the original's) still reaches ingest
         seed = confproto_pb2_grpc.getInfoStub(channel)
         seed.returnInfo(confproto_pb2.requestId(texto="Lluvia", pais="Perú"), timeout=5)
+    pipeline.wait_settled(2)
     metrics = httpx.get(pipeline.url + "/metrics").text
+    for group in ("archiver", "counter"):  # each tweet's end-to-end time, once per sink
+        assert f'weathertweets_end_to_end_seconds_count{{group="{group}"}} 2.0' in metrics
     assert (
         'weathertweets_http_request_duration_seconds_bucket{le="0.005",route="/input",service="gateway"}'
         in metrics

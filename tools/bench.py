@@ -8,11 +8,12 @@ Servers (each on this machine, started and stopped by the bench):
   stack   `weathertweets stack` on the real engines of `make services` (Kafka, MongoDB-wire,
           Redis), its gateway with two workers producing straight to Kafka (skipped when the
           engines are not running, or with BENCH_STACK=0)
-Cases run wrk -t1 for BENCH_SECONDS each; rounds are interleaved (each round runs every case
-once) and medians reported. Per case: tweets/s, its ratio to bare at the same connections,
-p50/p99, CPU µs per tweet and peak RSS of each service's processes, and the time until the sinks
-caught up (archived = counted ≥ acknowledged). Afterwards, for up and stack: freshness (the
-end-to-end histogram's p50/p99 at half the single-tweet maximum, paced by wrk) and the latency of
+Cases run wrk -t1 for BENCH_SECONDS each, each on a quiet machine (90 % idle, waited for up to
+30 s); rounds are interleaved (each round runs every case once) and medians reported. Per
+case: tweets/s, its ratio to bare at the same connections, p50/p99, CPU µs per tweet and peak
+RSS of each service's processes, and the time until the sinks caught up (archived = counted ≥
+acknowledged). Afterwards, for up and stack: freshness (the end-to-end histogram's p50/p99 at
+half the single-tweet maximum, paced by wrk) and the latency of
 GET /api/v1/stats. Before the first case, each server's memory at rest: RSS and PSS per
 process, their sums, and the group's memory with each page counted once (a sum of RSS counts a
 shared library once per process; a sum of PSS depends on what else maps it). Every tweet wrk
@@ -62,6 +63,10 @@ STATS_AT = int(os.environ.get("BENCH_STATS_AT", "0"))
 STACK_WORKERS = os.environ.get("BENCH_STACK_WORKERS", "2")
 STACK_PUBLISH = os.environ.get("BENCH_STACK_PUBLISH", "broker")
 REST_SECONDS = 10  # after every server is ready, before the first case: memory at rest
+# Before each case the machine must be this idle (a share of all CPUs over a QUIET_WINDOW),
+# waited for at most QUIET_MAX seconds: what a case leaves behind (an engine compacting, a
+# sink catching up) is not charged to the next one.
+QUIET_IDLE, QUIET_WINDOW, QUIET_MAX = 0.9, 0.5, 30.0
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 BARE_APP = """
@@ -403,6 +408,27 @@ def wrk_run(
     }
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; without guest time
+
+
+def quiet(
+    idle: float = QUIET_IDLE, window: float = QUIET_WINDOW, limit: float = QUIET_MAX
+) -> dict[str, float]:
+    """Wait until the machine is `idle` over `window`, at most `limit` s: {waited_s, idle}."""
+    started = time.monotonic()
+    while True:
+        idle_0, total_0 = _cpu_times()
+        time.sleep(window)
+        idle_1, total_1 = _cpu_times()
+        share = (idle_1 - idle_0) / max(1, total_1 - total_0)
+        waited = time.monotonic() - started
+        if share >= idle or waited >= limit:
+            return {"waited_s": round(waited, 1), "idle": round(share, 3)}
+
+
 def engine_pids() -> dict[str, int]:
     """The engines `make services` runs (Kafka, Redis, the MongoDB-wire server, Prometheus)."""
     return {f.stem: int(f.read_text().strip()) for f in (ROOT / ".cache" / "run").glob("*.pid")}
@@ -418,6 +444,7 @@ def engine_cpu() -> dict[str, float]:
 def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
     server = case.server
     assert server.process is not None
+    settled = quiet()
     pids = tree(server.process.pid)
     before = cpu_seconds(pids)
     if server.name in ("stack", "edge"):
@@ -442,6 +469,7 @@ def run_case(wrk: str, case: Case, scripts: Path) -> dict[str, object]:
     ours = sum(v for n, v in cpu.items() if not n.startswith("engine:"))
     result["cpu_us_per_tweet_total"] = round(ours / tweets * 1e6, 1) if tweets else 0
     result["peak_rss_mb"] = {n: round(mb) for n, mb in sampler.peak.items()}
+    result["quiet_before"] = settled
     if server.name != "bare" and not server.kafka_topic:
         result["caught_up_s"] = round(server.caught_up(), 2)
     return result
@@ -724,7 +752,6 @@ def main() -> int:
             for number in range(ROUNDS):
                 for case in chosen:
                     case.runs.append(run_case(wrk, case, scratch))
-                    time.sleep(1)
                 print(f"bench: round {number + 1}/{ROUNDS} done", flush=True)
             bare = {
                 c.connections: median(c, "tweets_per_s") for c in chosen if c.server.name == "bare"
