@@ -175,6 +175,14 @@ async def test_pipelined_requests_are_answered_in_order(serve: Any) -> None:
     assert [body.split(b" ")[-1] for body in bodies] == [b"one", b"two", b"three", b"four"]
 
 
+async def test_expect_100_continue_gets_its_interim_answer_before_the_body(serve: Any) -> None:
+    port = await serve(Echo())
+    head = b"POST /input HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+    answer = await _exchange(port, [head, b"hola"], until=2)
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\n")
+    assert answer.endswith(b"/input asgi hola")
+
+
 async def test_a_body_in_pieces_arrives_whole(serve: Any) -> None:
     port = await serve(Echo())
     request = _post(b"/input", b"en tres partes")

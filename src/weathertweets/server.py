@@ -55,6 +55,8 @@ TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request headers took t
 TOO_BROKEN = _plain(b"500 Internal Server Error", "internal", "internal error; see the server log")
 BODY_TOO_SLOW = _plain(b"408 Request Timeout", "timeout", "the request body took too long")
 _STATUS_LINES: dict[int, bytes] = {}
+# (status, content type): (the default headers it was made with, the head up to the length)
+_HEADS: dict[tuple[int, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
 
 def _status_line(status: int) -> bytes:
@@ -115,6 +117,9 @@ class CoalescingTransport:
         self.flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:  # asked twice a request: not through __getattr__
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
@@ -155,18 +160,31 @@ class BoundedHttpTools(HttpToolsProtocol):
                 self._head_timer = self.loop.call_later(BODY_TIMEOUT, self._refuse, BODY_TOO_SLOW)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, less its scope: a direct request never needs it (`_uvicorn_scope`)
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._head_size = self._head_count = 0
+
+    def _uvicorn_scope(self) -> None:
+        """The scope uvicorn's own `on_message_begin` makes, for a request that goes its way."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_count += 1
         self._head_size += len(name) + len(value) + 4
-        if self._head_count <= MAX_HEADERS:
-            super().on_header(name, value)
+        if self._head_count <= MAX_HEADERS:  # as uvicorn's, without a call more a header
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._head_count > MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
@@ -179,6 +197,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.cycle = _DirectCycle(keep_alive)  # type: ignore[assignment]
             self._direct_body = bytearray()
             return
+        self._uvicorn_scope()
         super().on_headers_complete()
 
     def _takes_direct(self) -> bool:
@@ -260,10 +279,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if response is None or response.stream is not None:  # failed, or not a whole answer
             cycle.keep_alive = False
             return TOO_BROKEN
-        parts = [_status_line(response.status)]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"content-type: ", response.content_type, b"\r\n")
+        parts = [self._head(response.status, response.content_type)]
         parts.append(b"content-length: %d\r\n" % len(response.body))
         for name, value in response.headers:
             if name.lower() == b"connection":
@@ -274,6 +290,19 @@ class BoundedHttpTools(HttpToolsProtocol):
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", response.body)
         return b"".join(parts)
+
+    def _head(self, status: int, content_type: bytes) -> bytes:
+        """Status line, uvicorn's default headers (its date changes each second) and the
+        content type, made once for each while the defaults stay the same."""
+        defaults = self.server_state.default_headers
+        made = _HEADS.get((status, content_type))
+        if made is None or made[0] is not defaults:
+            parts = [_status_line(status)]
+            for name, value in defaults:
+                parts += (name, b": ", value, b"\r\n")
+            parts += (b"content-type: ", content_type, b"\r\n")
+            made = _HEADS[status, content_type] = (defaults, b"".join(parts))
+        return made[1]
 
     def _unsupported_upgrade_warning(self) -> None:
         """A client asking to switch protocols (WebSocket, h2c) is answered in plain HTTP; that
