@@ -687,8 +687,11 @@ def median(case: Case, key: str) -> float:
     return float(statistics.median(float(run[key]) for run in case.runs))  # type: ignore[arg-type]
 
 
-def summary(case: Case, bare: dict[int, float]) -> dict[str, object]:
-    baseline = bare.get(case.connections) or bare.get(64) or 0.0
+def summary(case: Case, bare: dict[int, list[float]]) -> dict[str, object]:
+    """`bare`: the bare app's tweets/s in each round, by connections. The ratio is of the
+    medians; `ratio_by_round` pairs each round with the bare run of the same round."""
+    rounds = bare.get(case.connections) or bare.get(64) or []
+    baseline = statistics.median(rounds) if rounds else 0.0
     row: dict[str, object] = {
         "connections": case.connections,
         "tweets_per_request": case.tweets_per_request,
@@ -698,6 +701,11 @@ def summary(case: Case, bare: dict[int, float]) -> dict[str, object]:
         "p99_ms": round(median(case, "p99_ms"), 2),
         "cpu_us_per_tweet": round(median(case, "cpu_us_per_tweet_total"), 1),
         "runs_tweets_per_s": [round(float(r["tweets_per_s"])) for r in case.runs],  # type: ignore[arg-type]
+        "ratio_by_round": [
+            round(float(r["tweets_per_s"]) / b, 3)  # type: ignore[arg-type]
+            for r, b in zip(case.runs, rounds, strict=True)
+        ],
+        "quiet_before": [r["quiet_before"] for r in case.runs],
     }
     per_service: dict[str, list[float]] = {}
     for run in case.runs:
@@ -754,7 +762,9 @@ def main() -> int:
                     case.runs.append(run_case(wrk, case, scratch))
                 print(f"bench: round {number + 1}/{ROUNDS} done", flush=True)
             bare = {
-                c.connections: median(c, "tweets_per_s") for c in chosen if c.server.name == "bare"
+                c.connections: [float(r["tweets_per_s"]) for r in c.runs]  # type: ignore[arg-type]
+                for c in chosen
+                if c.server.name == "bare"
             }
             report["cases"] = {c.name: summary(c, bare) for c in chosen}
             report["freshness"] = {}
@@ -876,6 +886,10 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['p50_ms']:>7} {row['p99_ms']:>8} {row['cpu_us_per_tweet']:>12} "
             f"{row.get('caught_up_s', ''):>11}  {rss}"
         )
+    print("\nrounds, tweets/s and ÷ bare of the same round:")
+    for name, row in report["cases"].items():
+        ratios = " / ".join(f"{r:.2f}" for r in row["ratio_by_round"])
+        print(f"  {name:<18} {' / '.join(map(str, row['runs_tweets_per_s']))}  ({ratios})")
     for name, fresh in report["freshness"].items():
         print(f"freshness {name}: {fresh}")
     for name, shares in report.get("efficiency", {}).items():
