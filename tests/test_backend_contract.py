@@ -117,6 +117,15 @@ async def test_store_recent_is_newest_first_and_filters(backends: Opened) -> Non
     assert recent[0].tweet.received_at == datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC)
 
 
+async def test_store_takes_a_time_without_a_zone_as_utc(backends: Opened) -> None:
+    """A broker record may carry `received_at` without a zone (not one of ours): it is UTC."""
+    tweet = make_tweet("Niebla", "Chile", datetime(2026, 1, 1, 12, 30))
+    await backends.store.archive([ArchivedTweet(tweet, datetime(2026, 1, 1, 12, 31))])
+    [found] = await backends.store.recent(None, 1)
+    assert found.tweet.received_at == datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    assert found.archived_at == datetime(2026, 1, 1, 12, 31, tzinfo=UTC)
+
+
 def _counted(start: int, pairs: list[tuple[str, str]], partition: int = 0) -> list[CountedTweet]:
     return [CountedTweet(partition, start + i, p, t, classify(t)) for i, (p, t) in enumerate(pairs)]
 

@@ -28,6 +28,8 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def _us(moment: datetime) -> int:
+    if moment.tzinfo is None:  # a record written without a zone: its time is UTC, as ours are
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MICROSECOND  # exact, and a fifth faster than timestamp()
 
 
