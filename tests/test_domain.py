@@ -164,6 +164,13 @@ def test_record_round_trip() -> None:
     assert decode_record(raw) == tweet
 
 
+def test_a_record_time_without_a_zone_is_utc() -> None:
+    raw = b'{"id":"01JABCDEFGHJKMNPQRSTVWXYZ0","texto":"Sol","pais":"Chile",'
+    tweet = decode_record(raw + b'"received_at":"2026-01-01T12:30:00"}')
+    assert tweet.received_at == datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    assert tweet.received_at.utcoffset() is not None  # every later step compares it as UTC
+
+
 def test_a_record_shaped_like_the_originals_is_a_tweet_with_a_derived_id() -> None:
     """The original producer wrote `{"texto","pais"}` (Go's encoder, maybe a zero timestamp)."""
     raw = b'{"texto":" Calor ","pais":"Turqu\xc3\xada","timestamp":"0001-01-01T00:00:00Z"}'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from weathertweets.proto import confproto_pb2, confproto_pb2_grpc
 from weathertweets.runtime import SERVICES, run
 
 pytestmark = pytest.mark.e2e
+SINKS = ("archiver", "counter")
 
 
 def test_json_logs_carry_the_request_and_tweet_ids(pipeline: Pipeline) -> None:
@@ -59,9 +61,15 @@ def test_metrics_have_request_durations_and_grpc_calls(pipeline: Pipeline) -> No
         seed = confproto_pb2_grpc.getInfoStub(channel)
         seed.returnInfo(confproto_pb2.requestId(texto="Lluvia", pais="Perú"), timeout=5)
     pipeline.wait_settled(2)
-    metrics = httpx.get(pipeline.url + "/metrics").text
-    for group in ("archiver", "counter"):  # each tweet's end-to-end time, once per sink
-        assert f'weathertweets_end_to_end_seconds_count{{group="{group}"}} 2.0' in metrics
+    observed = [f'weathertweets_end_to_end_seconds_count{{group="{g}"}} 2.0' for g in SINKS]
+    deadline = time.monotonic() + 10  # observed just after each sink's commit
+    while time.monotonic() < deadline:
+        metrics = httpx.get(pipeline.url + "/metrics").text
+        if all(line in metrics for line in observed):
+            break
+        time.sleep(0.2)
+    for line in observed:  # each tweet's end-to-end time, once per sink
+        assert line in metrics
     assert (
         'weathertweets_http_request_duration_seconds_bucket{le="0.005",route="/input",service="gateway"}'
         in metrics

@@ -426,6 +426,8 @@ def quiet(
         share = (idle_1 - idle_0) / max(1, total_1 - total_0)
         waited = time.monotonic() - started
         if share >= idle or waited >= limit:
+            if share < idle:
+                print(f"bench: the machine is only {share:.0%} idle; going on", flush=True)
             return {"waited_s": round(waited, 1), "idle": round(share, 3)}
 
 
@@ -702,7 +704,7 @@ def summary(case: Case, bare: dict[int, list[float]]) -> dict[str, object]:
         "cpu_us_per_tweet": round(median(case, "cpu_us_per_tweet_total"), 1),
         "runs_tweets_per_s": [round(float(r["tweets_per_s"])) for r in case.runs],  # type: ignore[arg-type]
         "ratio_by_round": [
-            round(float(r["tweets_per_s"]) / b, 3)  # type: ignore[arg-type]
+            round(float(r["tweets_per_s"]) / b, 3) if b else None  # type: ignore[arg-type]
             for r, b in zip(case.runs, rounds, strict=True)
         ],
         "quiet_before": [r["quiet_before"] for r in case.runs],
@@ -888,7 +890,7 @@ def print_table(report: dict[str, Any]) -> None:
         )
     print("\nrounds, tweets/s and ÷ bare of the same round:")
     for name, row in report["cases"].items():
-        ratios = " / ".join(f"{r:.2f}" for r in row["ratio_by_round"])
+        ratios = " / ".join("—" if r is None else f"{r:.2f}" for r in row["ratio_by_round"])
         print(f"  {name:<18} {' / '.join(map(str, row['runs_tweets_per_s']))}  ({ratios})")
     for name, fresh in report["freshness"].items():
         print(f"freshness {name}: {fresh}")

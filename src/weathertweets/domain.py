@@ -143,8 +143,12 @@ def encode_record(tweet: Tweet) -> bytes:
 
 
 def decode_record(value: bytes) -> Tweet:
-    """Raises msgspec.DecodeError/ValidationError for a record that is not ours."""
-    return _record_decoder.decode(value)
+    """Raises msgspec.DecodeError/ValidationError for a record that is not ours. A time
+    written without a zone (ours always say Z) is UTC."""
+    tweet = _record_decoder.decode(value)
+    if tweet.received_at.tzinfo is None:
+        return msgspec.structs.replace(tweet, received_at=tweet.received_at.replace(tzinfo=UTC))
+    return tweet
 
 
 def decode_any_record(

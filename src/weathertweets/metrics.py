@@ -6,7 +6,7 @@ import math
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 HTTP_REQUESTS = Counter(
     "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
@@ -87,7 +88,7 @@ class BatchHistogram(Collector):
         self._series: dict[str, tuple[list[int], list[float]]] = {}  # group: (counts, [sum])
         self._lock = threading.Lock()
 
-    def observe_many(self, group: str, values: Iterable[float]) -> None:
+    def observe_many(self, group: str, values: Sequence[float]) -> None:
         """Negative values (clocks apart) count as zero."""
         bounds = self._bounds
         with self._lock:
@@ -112,14 +113,11 @@ class BatchHistogram(Collector):
         for group, counts, total in snapshot:
             cumulative = accumulate(counts)
             buckets = [
-                (_le(bound), count) for bound, count in zip(self._bounds, cumulative, strict=True)
+                (floatToGoString(bound), count)  # type: ignore[no-untyped-call]
+                for bound, count in zip(self._bounds, cumulative, strict=True)
             ]
             family.add_metric([group], buckets, total)
         yield family
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(bound)
 
 
 E2E_LATENCY = BatchHistogram(
