@@ -89,7 +89,7 @@ class BatchHistogram(Collector):
         self._lock = threading.Lock()
 
     def observe_many(self, group: str, values: Sequence[float]) -> None:
-        """Negative values (clocks apart) count as zero."""
+        """Negative values (clocks apart) and NaN count as zero."""
         bounds = self._bounds
         with self._lock:
             counts, total = self._series.get(group) or self._series.setdefault(

@@ -180,7 +180,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_count += 1
         self._head_size += len(name) + len(value) + 4
-        if self._head_count <= MAX_HEADERS:  # as uvicorn's, without a call more a header
+        if self._head_count <= MAX_HEADERS:  # uvicorn's own, inlined: one call a header, not two
             name = name.lower()
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
