@@ -45,15 +45,15 @@ class SqliteStore:
         await self._db.open()
 
     async def archive(self, docs: Sequence[ArchivedTweet]) -> None:
-        archived: dict[datetime, int] = {}  # a batch is usually archived at one moment
+        # A batch is archived at one moment (or a few): each converted once.
+        archived = {moment: _us(moment) for moment in {d.archived_at for d in docs}}
         rows = [
             (
                 d.tweet.id,
                 d.tweet.texto,
                 d.tweet.pais,
                 _us(d.tweet.received_at),
-                archived.get(d.archived_at)
-                or archived.setdefault(d.archived_at, _us(d.archived_at)),
+                archived[d.archived_at],
             )
             for d in docs
         ]
