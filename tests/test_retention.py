@@ -175,7 +175,9 @@ async def test_a_failed_read_while_lingering_loses_nothing(
 ) -> None:
     await _publish(opened, 3)
     consumer = opened.consumer("archiver")
-    real, calls = consumer._db.run, []
+    await consumer.lag()  # opens its partition's reader
+    reader = consumer._readers[0].db
+    real, calls = reader.run, []
 
     async def flaky(job: Any) -> Any:
         calls.append(job)
@@ -183,7 +185,7 @@ async def test_a_failed_read_while_lingering_loses_nothing(
             raise BackendUnavailable("sqlite broker.db: database is locked")
         return await real(job)
 
-    monkeypatch.setattr(consumer._db, "run", flaky)
+    monkeypatch.setattr(reader, "run", flaky)
     assert [m.offset for m in await consumer.poll(100, 1)] == [1, 2, 3]
     await consumer.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,11 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def _records(log: Path) -> int:
+    with contextlib.closing(sqlite3.connect(log)) as conn:
+        return int(conn.execute("SELECT count(*) FROM log").fetchone()[0])
 
 
 def _children(pid: int) -> list[int]:
@@ -53,6 +59,9 @@ def test_workers_share_the_port_and_every_tweet_is_counted_once(pipeline: Pipeli
     assert len(workers) == 2
     assert pipeline.process.stop() == 0
     assert not any(_alive(pid) for pid in workers)
+    appended = {n: _records(pipeline.data_dir / f"broker.{n}.db") for n in (1, 2)}
+    assert all(appended.values()), appended  # each worker appends to a partition of its own
+    assert sum(appended.values()) + _records(pipeline.data_dir / "broker.db") == 300 + 500
 
     pipeline.env = {}  # one process again, on the same data: nothing lost, nothing twice
     pipeline.start()

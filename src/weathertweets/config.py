@@ -91,12 +91,18 @@ class Settings:
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
     ingest_metrics_port: int = setting(8002, "ingest HTTP port: /metrics and probes")
+    broker_partition: int = setting(
+        0,
+        "embedded broker: the partition (log file) this process appends to; `--workers` gives"
+        " each worker its own, so their commits do not queue behind each other",
+    )
     broker_retention_hours: float = setting(
         24.0,
         "embedded broker: records older than this go once every group committed them (0: kept)",
     )
     broker_retention_bytes: int = setting(
-        1 << 30, "embedded broker: the log trimmed oldest-first past this size (0: no limit)"
+        1 << 30,
+        "embedded broker: each partition file trimmed oldest-first past this size (0: no limit)",
     )
     broker_retention_force: bool = setting(
         False, "1: retention trims records a consumer group has not committed yet"
@@ -162,6 +168,8 @@ class Settings:
         for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
+        if self.broker_partition < 0:
+            raise SettingError(f"WT_BROKER_PARTITION={self.broker_partition}: 0 or more")
         if min(self.broker_retention_hours, self.broker_retention_bytes) < 0:
             raise SettingError("WT_BROKER_RETENTION_HOURS and _BYTES: 0 (no limit) or more")
         if self.archive_retention_days < 0:

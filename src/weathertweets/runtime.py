@@ -330,6 +330,7 @@ async def _open_backends(ctx: Context, needed: set[str]) -> None:
             settings.broker_url,
             topic=settings.topic,
             partitions=settings.partitions,
+            partition=settings.broker_partition,
             retention=Retention(
                 max_age_s=settings.broker_retention_hours * 3600,
                 max_bytes=settings.broker_retention_bytes,

@@ -3,10 +3,11 @@
 The kernel spreads new connections over the processes, so the gateway's work, the largest share
 of a request, uses every core. Only the gateway is multiplied: the parent keeps running the
 services that must run once (ingest, the archiver, the counter), and under `up` the workers
-publish straight to the broker, which orders their records (one SQLite writer at a time, or
-Kafka); under `serve gateway` they publish as `WT_GATEWAY_PUBLISH` says. A worker that
-dies stops the parent, which exits non-zero for its orchestrator to restart; a stop ends the
-workers first, so in-flight requests finish before the consumers drain.
+publish straight to the broker (the embedded one gives each worker a partition of its own, so
+their commits never queue behind each other; or Kafka); under `serve gateway` they publish as
+`WT_GATEWAY_PUBLISH` says. A worker that dies stops the parent, which exits non-zero for its
+orchestrator to restart; a stop ends the workers first, so in-flight requests finish before the
+consumers drain.
 
 Each worker exports its own `/metrics`; a scrape through the shared port reaches one of them.
 A worker whose parent is gone (killed without a chance to stop it) stops by itself.
@@ -62,10 +63,11 @@ class GatewayWorkers:
     async def start(self) -> None:
         env = worker_environment(self._settings, self._publish)
         command = [sys.executable, "-m", "weathertweets.cli", "serve", "gateway"]
-        for _ in range(self._count):
+        for number in range(1, self._count + 1):
+            own = {"WT_BROKER_PARTITION": str(number)} if self._publish == "broker" else {}
             process = await asyncio.create_subprocess_exec(  # own session: a Ctrl-C reaches
                 *command,  # the parent only, which stops the workers first
-                env=env,
+                env={**env, **own},
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )

@@ -34,9 +34,15 @@ def _scheme(url: str, kind: str, known: tuple[str, ...]) -> str:
 
 
 def open_broker(
-    url: str, *, topic: str = "messages", partitions: int = 3, retention: Retention | None = None
+    url: str,
+    *,
+    topic: str = "messages",
+    partitions: int = 3,
+    retention: Retention | None = None,
+    partition: int = 0,
 ) -> Broker:
-    """`retention`: the embedded broker's (Kafka keeps its topic's own `retention.*`)."""
+    """`partitions`: Kafka's, for a topic it creates. `retention` and `partition` (where this
+    process appends): the embedded broker's (Kafka keeps its topic's own `retention.*`)."""
     if _scheme(url, "broker", ("sqlite", "kafka")) == "kafka":
         from weathertweets.backends.kafka import KafkaBroker
 
@@ -44,7 +50,7 @@ def open_broker(
     from weathertweets.backends.sqlite import path_from_url
     from weathertweets.backends.sqlite_broker import SqliteBroker
 
-    return SqliteBroker(path_from_url(url), topic, retention)
+    return SqliteBroker(path_from_url(url), topic, retention, partition)
 
 
 def open_store(url: str, *, collection: str = "register") -> Store:

@@ -1,17 +1,23 @@
 """The embedded broker: a durable append-only log in SQLite with consumer-group positions.
 
-One partition (0); offsets are the log's row ids; each row keeps the record's key and headers.
-Several processes may share the file (WAL); consumers in the publishing process are woken at
-once, others poll. Records a group gives up on go to the `dead_letters` table.
+A partition is a file: 0 is the broker's URL (`broker.db`), partition N sits beside it
+(`broker.N.db`). A process appends to one partition, the one it is given: the gateway workers
+of `up --workers N` each have their own, so they never wait for each other's commits. Several
+processes may still share a file (WAL, the writers' lock file). A consumer reads every
+partition it finds beside the URL; each file keeps its own offsets (the log's row ids), the
+groups' positions in it and its dead letters. Consumers in the publishing process are woken at
+once, others poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -44,43 +50,102 @@ def _unpack(raw: bytes | None) -> Headers:
     return tuple(_headers_codec[1].decode(raw)) if raw else ()
 
 
-PARTITION = 0
 # One aggregate a statement: SQLite answers a lone min() or max() of the key from the B-tree's
 # edge, but `SELECT min(offset), max(offset)` scans the whole log.
 NEWEST = "SELECT max(offset) FROM log"
 OLDEST = "SELECT min(offset) FROM log"
 _IDLE_POLL = 0.05  # seconds between looks at the file when another process publishes
+_RESCAN = 1.0  # seconds between looks for partitions another process began
 # Once a record is there, a consumer waits this long for more: at everyday rates a sink call
 # and a commit then carry many records instead of one each (measured: CPU a tweet at 40 % of
 # peak 2.4× → 1.2–1.6× that at peak; a publish linger was tried too and cost peak and p99).
 LINGER = 0.05
 
 
+def partition_path(path: Path, partition: int) -> Path:
+    return path if partition == 0 else path.with_name(f"{path.stem}.{partition}{path.suffix}")
+
+
+def partitions_on_disk(path: Path) -> set[int]:
+    """Partition 0 and every `<stem>.N<suffix>` beside it."""
+    found = {0}
+    stem, suffix = path.stem, path.suffix
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if name.startswith(f"{stem}.") and name.endswith(suffix):
+                middle = name[len(stem) + 1 : len(name) - len(suffix)]
+                if middle.isdigit():
+                    found.add(int(middle))
+    return found
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        present = {row[1] for row in conn.execute("PRAGMA table_info(log)")}
+        for column, kind in LOG_COLUMNS.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE log ADD COLUMN {column} {kind}")
+
+
+@dataclass
+class _Partition:
+    number: int
+    writer: SqliteThread
+    trimmer: LogTrimmer
+    trimming: asyncio.Task[None] | None = None
+    migrated: bool = False
+
+
 class SqliteBroker:
-    """`retention`: trims the log while this process consumes it (the process that reads the
-    log knows when it may go)."""
+    """`partition`: where this process appends. `retention`: trims the partitions while this
+    process consumes them (the process that reads the log knows when it may go)."""
 
     def __init__(
-        self, path: Path, topic: str = "messages", retention: Retention | None = None
+        self,
+        path: Path,
+        topic: str = "messages",
+        retention: Retention | None = None,
+        partition: int = 0,
     ) -> None:
         self._path = path
         self.topic = topic
-        self._writer = SqliteThread(path, SCHEMA, "broker")
+        self._retention = retention or Retention()
+        self._groups: list[str] = []  # of the consumers open in this process
+        self._partitions: dict[int, _Partition] = {}
+        self._trimming = False
+        self._own = self._add(partition)
+        self.trimmer = self._own.trimmer
         self._appender = Batcher(self._append, max_batch=20_000, max_in_flight=1)
         self._listeners: set[asyncio.Event] = set()
-        self._groups: list[str] = []  # of the consumers open in this process
-        self.trimmer = LogTrimmer(self._writer, retention or Retention(), lambda: self._groups)
-        self._trimming: asyncio.Task[None] | None = None
+
+    @property
+    def partition(self) -> int:
+        return self._own.number
+
+    def _add(self, number: int) -> _Partition:
+        writer = SqliteThread(partition_path(self._path, number), SCHEMA, f"broker-{number}")
+        trimmer = LogTrimmer(writer, self._retention, lambda: self._groups)
+        self._partitions[number] = added = _Partition(number, writer, trimmer)
+        self._trim(added)
+        return added
+
+    async def opened(self, number: int) -> _Partition:
+        """Partition `number`, its file brought up to date the first time."""
+        partition = self._partitions.get(number) or self._add(number)
+        if not partition.migrated:
+            await partition.writer.run(_migrate)
+            partition.migrated = True
+        return partition
+
+    def _trim(self, partition: _Partition) -> None:
+        if self._trimming and partition.trimming is None:
+            partition.trimming = asyncio.get_running_loop().create_task(
+                partition.trimmer.run(), name=f"broker-retention-{partition.number}"
+            )
 
     async def start(self) -> None:
-        def migrate(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                present = {row[1] for row in conn.execute("PRAGMA table_info(log)")}
-                for column, kind in LOG_COLUMNS.items():
-                    if column not in present:
-                        conn.execute(f"ALTER TABLE log ADD COLUMN {column} {kind}")
-
-        await self._writer.run(migrate)
+        await self.opened(self._own.number)
 
     async def publish(self, records: Sequence[Record]) -> None:
         await self._appender.submit(records)
@@ -102,117 +167,167 @@ class SqliteBroker:
             with transaction(conn):
                 conn.executemany(sql, rows)
 
-        await self._writer.run(append)
+        await self._own.writer.run(append)
 
     async def dead_letter(self, group: str, messages: Sequence[Message], reason: str) -> None:
         at_us = time.time_ns() // 1000
-        rows = [(group, m.partition, m.offset, m.value, reason, at_us) for m in messages]
-
-        def keep(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.executemany(
-                    "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", rows
-                )
-
-        await self._writer.run(keep)
+        for number, some in _by_partition(messages).items():
+            rows = [(group, m.partition, m.offset, m.value, reason, at_us) for m in some]
+            await (await self.opened(number)).writer.run(partial(_keep_dead_letters, rows))
 
     def consumer(self, group: str) -> SqliteConsumer:
-        if self._trimming is None and self.trimmer.retention.enabled:
-            self._trimming = asyncio.get_running_loop().create_task(
-                self.trimmer.run(), name="broker-retention"
-            )
+        if not self._trimming and self._retention.enabled:
+            self._trimming = True
+            for partition in self._partitions.values():
+                self._trim(partition)
         self._groups.append(group)
-        consumer = SqliteConsumer(self._path, group, self._writer, self._listeners, self.topic)
+        consumer = SqliteConsumer(self, group)
         consumer.on_close = lambda: self._groups.remove(group)
         return consumer
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def listen(self, published: asyncio.Event) -> Callable[[], None]:
+        """Set `published` whenever this process publishes; returns how to stop."""
+        self._listeners.add(published)
+        return lambda: self._listeners.discard(published)
+
     async def ping(self) -> None:
-        await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._own.writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        if self._trimming is not None:
-            self._trimming.cancel()
-            await asyncio.gather(self._trimming, return_exceptions=True)
+        trimming = [p.trimming for p in self._partitions.values() if p.trimming is not None]
+        for task in trimming:
+            task.cancel()
+        await asyncio.gather(*trimming, return_exceptions=True)
         await self._appender.close()
-        await self._writer.close()
+        for partition in self._partitions.values():
+            await partition.writer.close()
+
+
+def _keep_dead_letters(rows: Sequence[tuple[object, ...]], conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        conn.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def _by_partition(messages: Iterable[Message]) -> dict[int, list[Message]]:
+    grouped: dict[int, list[Message]] = {}
+    for message in messages:
+        grouped.setdefault(message.partition, []).append(message)
+    return grouped
+
+
+@dataclass
+class _Reader:
+    """A group's place in one partition: read on its own connection, committed on the
+    broker's writer of that file (SQLite has one writer; queueing behind it in one thread
+    beats sleeping in its busy handler)."""
+
+    partition: int
+    db: SqliteThread
+    writer: SqliteThread
+    next_offset: int | None = None
 
 
 class SqliteConsumer:
-    def __init__(
-        self,
-        path: Path,
-        group: str,
-        writer: SqliteThread,
-        listeners: set[asyncio.Event],
-        topic: str = "messages",
-    ) -> None:
+    def __init__(self, broker: SqliteBroker, group: str) -> None:
+        self._broker = broker
         self._group = group
-        self._topic = topic
-        self._db = SqliteThread(path, SCHEMA, f"consumer-{group}")
-        # Commits share the publisher's connection: SQLite has one writer, and queueing behind
-        # it in one thread beats sleeping in its busy handler.
-        self._writer = writer
-        self._listeners = listeners
+        self._topic = broker.topic
+        self._readers: list[_Reader] = []
+        self._turn = 0  # which partition is read first: each in turn, so none waits behind
+        self._rescan_at = 0.0
         self._published = asyncio.Event()
-        listeners.add(self._published)
-        self._next_offset: int | None = None
-        self._registered = False
+        self._unlisten = broker.listen(self._published)
         self.on_close: Callable[[], None] = lambda: None
 
     async def poll(self, max_records: int, timeout: float) -> list[Message]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if not self._registered:
-            await self._register()
+        await self._discover(loop.time())
         while True:
             self._published.clear()
-            messages = await self._db.run(lambda conn: self._read(conn, max_records))
-            if messages and len(messages) < max_records and LINGER:
-                messages += await self._linger(messages[0].offset, max_records - len(messages))
+            before = [reader.next_offset for reader in self._readers]
+            try:
+                messages = await self._read(max_records)
+                if messages and len(messages) < max_records and LINGER:
+                    await asyncio.sleep(LINGER)
+                    with contextlib.suppress(BackendUnavailable):  # the next poll reads them
+                        messages += await self._read(max_records - len(messages))
+            except asyncio.CancelledError:  # nothing read is skipped: the next poll rereads
+                for reader, offset in zip(self._readers, before, strict=False):
+                    reader.next_offset = offset
+                raise
             remaining = deadline - loop.time()
             if messages or remaining <= 0:
                 return messages
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._published.wait(), min(remaining, _IDLE_POLL))
 
-    async def _linger(self, first: int, max_records: int) -> list[Message]:
-        """What arrives within LINGER after `first`; nothing read is ever dropped: a failed
-        read returns none (the next poll reads them), a cancelled one rewinds to `first`."""
-        try:
-            await asyncio.sleep(LINGER)
-            return await self._db.run(partial(self._read, max_records=max_records))
-        except BackendUnavailable:
-            return []
-        except asyncio.CancelledError:
-            self._next_offset = first
-            raise
+    async def _discover(self, now: float) -> None:
+        """Open the partitions not yet read, once a `_RESCAN`; a group is known to retention
+        in a partition from then on: what it has not committed there stays."""
+        if now < self._rescan_at:
+            return
+        known = {reader.partition for reader in self._readers}
+        wanted = partitions_on_disk(self._broker.path) | {self._broker.partition}
+        for number in sorted(wanted - known):
+            writer = (await self._broker.opened(number)).writer
+            await writer.run(self._register)
+            path = partition_path(self._broker.path, number)
+            db = SqliteThread(path, SCHEMA, f"consumer-{self._group}-{number}")
+            self._readers.append(_Reader(number, db, writer))
+        self._rescan_at = now + _RESCAN
 
-    async def _register(self) -> None:
-        """A group is known to retention from its first poll: what it has not committed stays."""
+    def _register(self, conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            conn.execute(
+                "INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)", (self._group,)
+            )
 
-        def register(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.execute(
-                    "INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)",
-                    (self._group,),
-                )
+    async def _read(self, max_records: int) -> list[Message]:
+        """Up to `max_records` from the partitions in turn. Offsets move on in this thread,
+        after each read: a read cancelled or failed moves nothing. A partition that fails
+        is passed over while others have records (it is read first next time)."""
+        self._turn = (self._turn + 1) % len(self._readers)
+        order = self._readers[self._turn :] + self._readers[: self._turn]
+        messages: list[Message] = []
+        failure: BackendUnavailable | None = None
+        for reader in order:
+            if len(messages) >= max_records:
+                break
+            wanted = max_records - len(messages)
+            try:
+                start, rows = await reader.db.run(partial(self._rows, reader, wanted))
+            except BackendUnavailable as error:
+                failure = failure or error
+                continue
+            if rows:
+                reader.next_offset = rows[-1][0] + 1
+            elif reader.next_offset is None:
+                reader.next_offset = start
+            number, topic = reader.partition, self._topic
+            messages += [
+                Message(number, offset, value, topic, headers=_unpack(headers))
+                for offset, value, headers in rows
+            ]
+        if failure is not None and not messages:
+            raise failure
+        return messages
 
-        await self._writer.run(register)
-        self._registered = True
-
-    def _read(self, conn: sqlite3.Connection, max_records: int) -> list[Message]:
-        if self._next_offset is None:
-            self._next_offset = self._committed(conn)
+    def _rows(
+        self, reader: _Reader, max_records: int, conn: sqlite3.Connection
+    ) -> tuple[int, list[tuple[int, bytes, bytes | None]]]:
+        start = reader.next_offset
+        if start is None:
+            start = self._committed(conn)
         rows = conn.execute(
             "SELECT offset, value, headers FROM log WHERE offset >= ? ORDER BY offset LIMIT ?",
-            (self._next_offset, max_records),
+            (start, max_records),
         ).fetchall()
-        if rows:
-            self._next_offset = rows[-1][0] + 1
-        return [
-            Message(PARTITION, offset, value, self._topic, headers=_unpack(headers))
-            for offset, value, headers in rows
-        ]
+        return start, rows
 
     def _committed(self, conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT next_offset FROM positions WHERE grp = ?", (self._group,))
@@ -220,21 +335,22 @@ class SqliteConsumer:
         return int(found[0]) if found else 1
 
     async def commit(self, messages: Sequence[Message]) -> None:
-        if not messages:
-            return
-        next_offset = max(m.offset for m in messages) + 1
+        writers = {reader.partition: reader.writer for reader in self._readers}
+        for number, some in _by_partition(messages).items():
+            next_offset = max(m.offset for m in some) + 1
+            await writers[number].run(partial(self._save, next_offset))
 
-        def save(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.execute(
-                    "INSERT INTO positions (grp, next_offset) VALUES (?, ?) ON CONFLICT(grp)"
-                    " DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-                    (self._group, next_offset),
-                )
-
-        await self._writer.run(save)
+    def _save(self, next_offset: int, conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO positions (grp, next_offset) VALUES (?, ?) ON CONFLICT(grp)"
+                " DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+                (self._group, next_offset),
+            )
 
     async def lag(self) -> int:
+        await self._discover(asyncio.get_running_loop().time())
+
         def measure(conn: sqlite3.Connection) -> int:
             high = conn.execute(NEWEST).fetchone()[0]
             if high is None:
@@ -242,9 +358,10 @@ class SqliteConsumer:
             low = conn.execute(OLDEST).fetchone()[0]
             return max(0, int(high) + 1 - max(self._committed(conn), int(low)))  # trimmed: gone
 
-        return await self._db.run(measure)
+        return sum([await reader.db.run(measure) for reader in self._readers])
 
     async def close(self) -> None:
-        self._listeners.discard(self._published)
+        self._unlisten()
         self.on_close()
-        await self._db.close()
+        for reader in self._readers:
+            await reader.db.close()

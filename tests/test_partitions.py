@@ -1,0 +1,148 @@
+"""The embedded broker's partitions: one file each, every one read by a group's consumer,
+positions and dead letters kept in the partition's own file, nothing skipped on a cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from weathertweets.backends import sqlite_broker
+from weathertweets.backends.sqlite_broker import SqliteBroker, partition_path, partitions_on_disk
+from weathertweets.backends.sqlite_retention import Retention
+from weathertweets.ports import Message, Record
+
+KEEP = Retention(max_age_s=0, max_bytes=0)
+
+
+@pytest.fixture
+async def brokers(tmp_path: Path) -> AsyncIterator[tuple[SqliteBroker, SqliteBroker]]:
+    """Partition 0 (where its consumers run) and partition 2, another process's."""
+    here = SqliteBroker(tmp_path / "broker.db", retention=KEEP)
+    there = SqliteBroker(tmp_path / "broker.db", retention=KEEP, partition=2)
+    for broker in (here, there):
+        await broker.start()
+    yield here, there
+    for broker in (here, there):
+        await broker.close()
+
+
+async def _poll_until(broker: SqliteBroker, group: str, count: int) -> list[Message]:
+    consumer = broker.consumer(group)
+    got: list[Message] = []
+    for _ in range(50):
+        got += await consumer.poll(100, 0.2)
+        if len(got) >= count:
+            break
+    await consumer.commit(got)
+    await consumer.close()
+    return got
+
+
+def test_partition_files_sit_beside_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "broker.db"
+    assert partition_path(log, 0) == log
+    assert partition_path(log, 3) == tmp_path / "broker.3.db"
+    for name in ("broker.3.db", "broker.3.db-wal", "broker.x.db", "broker.12.db", "other.4.db"):
+        (tmp_path / name).touch()
+    assert partitions_on_disk(log) == {0, 3, 12}
+    assert partitions_on_disk(tmp_path / "missing" / "broker.db") == {0}
+
+
+async def test_a_group_reads_every_partition_and_commits_each_in_its_file(
+    brokers: tuple[SqliteBroker, SqliteBroker], tmp_path: Path
+) -> None:
+    here, there = brokers
+    await here.publish([Record(b"h%d" % i) for i in range(3)])
+    await there.publish(
+        [Record(b"t%d" % i, key=b"k", headers=(("trace", b"1"),)) for i in range(4)]
+    )
+
+    got = await _poll_until(here, "archiver", 7)
+    assert sorted((m.partition, m.offset, m.value) for m in got) == [
+        *((0, i + 1, b"h%d" % i) for i in range(3)),
+        *((2, i + 1, b"t%d" % i) for i in range(4)),
+    ]
+    assert all(m.headers == (("trace", b"1"),) for m in got if m.partition == 2)
+    for number, committed in ((0, 4), (2, 5)):
+        with contextlib.closing(
+            sqlite3.connect(partition_path(tmp_path / "broker.db", number))
+        ) as db:
+            assert db.execute(
+                "SELECT next_offset FROM positions WHERE grp = 'archiver'"
+            ).fetchone() == (committed,)
+
+    await there.publish([Record(b"later")])
+    again = here.consumer("archiver")
+    assert await again.lag() == 1
+    assert [(m.partition, m.offset) for m in await again.poll(100, 1)] == [(2, 5)]
+    await again.close()
+
+
+async def test_a_partition_begun_after_the_consumer_is_found(tmp_path: Path) -> None:
+    here = SqliteBroker(tmp_path / "broker.db", retention=KEEP)
+    await here.start()
+    consumer = here.consumer("counter")
+    assert await consumer.poll(100, 0.1) == []
+    late = SqliteBroker(tmp_path / "broker.db", retention=KEEP, partition=1)
+    await late.start()
+    await late.publish([Record(b"late")])
+    got: list[Message] = []
+    for _ in range(30):  # found at the next look for new partitions
+        if got := await consumer.poll(100, 0.2):
+            break
+    assert [(m.partition, m.value) for m in got] == [(1, b"late")]
+    await consumer.close()
+    for broker in (here, late):
+        await broker.close()
+
+
+async def test_a_dead_letter_stays_in_its_record_s_partition(
+    brokers: tuple[SqliteBroker, SqliteBroker], tmp_path: Path
+) -> None:
+    here, there = brokers
+    await there.publish([Record(b"not a tweet")])
+    (poison,) = await _poll_until(here, "archiver", 1)
+    await here.dead_letter("archiver", [poison], "not a tweet")
+    with contextlib.closing(sqlite3.connect(tmp_path / "broker.2.db")) as db:
+        rows = db.execute("SELECT grp, partition, offset, value FROM dead_letters").fetchall()
+    assert rows == [("archiver", 2, 1, b"not a tweet")]
+
+
+async def test_a_poll_cancelled_while_lingering_skips_nothing(
+    brokers: tuple[SqliteBroker, SqliteBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = brokers
+    monkeypatch.setattr(sqlite_broker, "LINGER", 5.0)
+    await here.publish([Record(b"a")])
+    await there.publish([Record(b"b")])
+    consumer = here.consumer("counter")
+    polling = asyncio.ensure_future(consumer.poll(100, 10))
+    await asyncio.sleep(0.5)  # both partitions read; now lingering
+    assert not polling.done()
+    polling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await polling
+    monkeypatch.setattr(sqlite_broker, "LINGER", 0.0)
+    got = await consumer.poll(100, 1)
+    assert sorted((m.partition, m.value) for m in got) == [(0, b"a"), (2, b"b")]
+    await consumer.close()
+
+
+async def test_retention_trims_every_partition_the_process_consumes(tmp_path: Path) -> None:
+    aged = Retention(max_age_s=0.05, max_bytes=0, interval_s=3600)
+    here = SqliteBroker(tmp_path / "broker.db", retention=aged)
+    there = SqliteBroker(tmp_path / "broker.db", retention=aged, partition=1)
+    for broker in (here, there):
+        await broker.start()
+    await there.publish([Record(b"%d" % i) for i in range(10)])
+    assert len(await _poll_until(here, "archiver", 10)) == 10
+    await asyncio.sleep(0.1)
+    trimmed = await (await here.opened(1)).trimmer.trim()
+    assert trimmed.records == 9  # the newest always stays: offsets never go back
+    for broker in (here, there):
+        await broker.close()
