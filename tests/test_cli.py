@@ -130,7 +130,7 @@ def test_stack_replicas_are_parsed_and_checked(
     for bad in ("ingest", "queue=2", "ingest=x", "ingest=0", "ingest=10"):
         assert main(["stack", "--data-dir", str(tmp_path), "--replicas", bad]) == 2
         assert "--replicas" in capsys.readouterr().err
-    # Two consumers in one group need partitions to share: the embedded broker has one.
+    # Two consumers in one group share partitions on Kafka: the embedded broker has no balancing.
     assert main(["stack", "--data-dir", str(tmp_path), "--replicas", "counter=2"]) == 2
     assert "needs Kafka" in capsys.readouterr().err
     settings = Settings(broker_url="kafka://k:9092").resolve()

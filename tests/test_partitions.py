@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -47,8 +48,10 @@ def test_partition_files_sit_beside_the_log(tmp_path: Path) -> None:
     log = tmp_path / "broker.db"
     assert partition_path(log, 0) == log
     assert partition_path(log, 3) == tmp_path / "broker.3.db"
-    for name in ("broker.3.db", "broker.3.db-wal", "broker.x.db", "broker.12.db", "other.4.db"):
+    names = ("broker.3.db", "broker.3.db-wal", "broker.x.db", "broker.12.db", "other.4.db")
+    for name in (*names, "broker.01.db", "broker.\u00b2.db", "broker.0.db"):
         (tmp_path / name).touch()
+    (tmp_path / "broker.5.db").mkdir()
     assert partitions_on_disk(log) == {0, 3, 12}
     assert partitions_on_disk(tmp_path / "missing" / "broker.db") == {0}
 
@@ -144,5 +147,42 @@ async def test_retention_trims_every_partition_the_process_consumes(tmp_path: Pa
     await asyncio.sleep(0.1)
     trimmed = await (await here.opened(1)).trimmer.trim()
     assert trimmed.records == 9  # the newest always stays: offsets never go back
+    for broker in (here, there):
+        await broker.close()
+
+
+async def test_files_that_are_not_a_partition_are_not_read_and_stop_nothing(
+    brokers: tuple[SqliteBroker, SqliteBroker], tmp_path: Path
+) -> None:
+    here, there = brokers
+    await here.publish([Record(b"h")])
+    await there.publish([Record(b"t")])
+    shutil.copy(tmp_path / "broker.db", tmp_path / "broker.20261130.db")  # a backup of 0
+    shutil.copy(tmp_path / "broker.2.db", tmp_path / "broker.3.db")  # 2's, renamed
+    (tmp_path / "broker.7.db").write_bytes(b"not a database" * 100)
+    got = await _poll_until(here, "archiver", 2)
+    assert sorted((m.partition, m.value) for m in got) == [(0, b"h"), (2, b"t")]
+    counter = here.consumer("counter")  # another group, the same files
+    assert len(await counter.poll(100, 0.5)) == 2
+    await counter.close()
+
+
+async def test_a_new_partition_holds_its_records_for_a_group_elsewhere(tmp_path: Path) -> None:
+    """The counter registered in partition 0, then stopped (another process, down for a
+    while): partition 1 begun after that still keeps what the counter has not read."""
+    aged = Retention(max_age_s=0.05, max_bytes=0, interval_s=3600)
+    here = SqliteBroker(tmp_path / "broker.db", retention=aged)
+    await here.start()
+    counter = here.consumer("counter")
+    assert await counter.poll(100, 0.1) == []
+    await counter.close()
+    there = SqliteBroker(tmp_path / "broker.db", retention=aged, partition=1)
+    await there.start()
+    await there.publish([Record(b"%d" % i) for i in range(10)])
+    assert len(await _poll_until(here, "archiver", 10)) == 10
+    await asyncio.sleep(0.1)
+    trimmed = await (await here.opened(1)).trimmer.trim()
+    assert (trimmed.records, trimmed.held_by) == (0, "counter")
+    assert len(await _poll_until(here, "counter", 10)) == 10
     for broker in (here, there):
         await broker.close()

@@ -166,7 +166,8 @@ class Stack:
         if several and not self.settings.broker_url.startswith("kafka://"):
             raise SettingError(
                 f"several {' and '.join(several)} instances share their broker's partitions:"
-                " that needs Kafka (WT_BROKER_URL=kafka://...); the embedded broker has one"
+                " that needs Kafka (WT_BROKER_URL=kafka://...); the embedded broker gives"
+                " each group one consumer"
             )
         base = self.settings
         if self.replicas["ingest"] > 1 and base.ingest_target == f"127.0.0.1:{base.ingest_port}":

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +53,8 @@ def _unpack(raw: bytes | None) -> Headers:
     return tuple(_headers_codec[1].decode(raw)) if raw else ()
 
 
+log = logging.getLogger("weathertweets.broker")
+
 # One aggregate a statement: SQLite answers a lone min() or max() of the key from the B-tree's
 # edge, but `SELECT min(offset), max(offset)` scans the whole log.
 NEWEST = "SELECT max(offset) FROM log"
@@ -67,7 +72,8 @@ def partition_path(path: Path, partition: int) -> Path:
 
 
 def partitions_on_disk(path: Path) -> set[int]:
-    """Partition 0 and every `<stem>.N<suffix>` beside it."""
+    """Partition 0 and every file named as a partition beside it (`<stem>.N<suffix>`, N as
+    `partition_path` writes it: 1, 2 … not 01 or ²)."""
     found = {0}
     stem, suffix = path.stem, path.suffix
     with contextlib.suppress(FileNotFoundError):
@@ -75,9 +81,43 @@ def partitions_on_disk(path: Path) -> set[int]:
             name = entry.name
             if name.startswith(f"{stem}.") and name.endswith(suffix):
                 middle = name[len(stem) + 1 : len(name) - len(suffix)]
-                if middle.isdigit():
+                if _NUMBER.fullmatch(middle) and entry.is_file():
                     found.add(int(middle))
     return found
+
+
+_NUMBER = re.compile(r"[1-9][0-9]*")
+
+
+def _schema(partition: int) -> str:
+    """A partition file says which one it is: a copy under another partition's name (a backup,
+    say) is not read as that partition."""
+    return f"{SCHEMA};\nPRAGMA user_version = {partition}" if partition else SCHEMA
+
+
+def _stamp(path: Path) -> int:
+    existing = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"  # not made if gone
+    with contextlib.closing(sqlite3.connect(existing, uri=True)) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+class _Unstamped(sqlite3.DatabaseError):
+    """A file named as a partition that does not say which: being made, or a copy of another
+    file (partition 0's, say)."""
+
+
+def _adopt_groups(origin: Path, conn: sqlite3.Connection) -> None:
+    """Hold a partition's records for every group partition 0 knows, from its start: a group
+    in another process that has not found this file yet is not trimmed past."""
+    if not origin.exists():
+        return
+    with contextlib.closing(sqlite3.connect(origin)) as source:
+        try:
+            groups = source.execute("SELECT grp FROM positions").fetchall()
+        except sqlite3.OperationalError:  # not made yet: no group to hold for
+            return
+    with transaction(conn):
+        conn.executemany("INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)", groups)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -124,17 +164,31 @@ class SqliteBroker:
         return self._own.number
 
     def _add(self, number: int) -> _Partition:
-        writer = SqliteThread(partition_path(self._path, number), SCHEMA, f"broker-{number}")
+        path = partition_path(self._path, number)
+        writer = SqliteThread(path, _schema(number), f"broker-{number}")
         trimmer = LogTrimmer(writer, self._retention, lambda: self._groups)
         self._partitions[number] = added = _Partition(number, writer, trimmer)
         self._trim(added)
         return added
 
     async def opened(self, number: int) -> _Partition:
-        """Partition `number`, its file brought up to date the first time."""
+        """Partition `number`, its file brought up to date the first time. Another process's
+        partition is opened only if its file says it is that partition (sqlite3.DatabaseError
+        if not)."""
+        if number not in self._partitions and number:
+            path = partition_path(self._path, number)
+            stamp = await asyncio.to_thread(_stamp, path)
+            if stamp == 0:
+                raise _Unstamped(f"{path.name} is not (yet) a partition")
+            if stamp != number:
+                raise sqlite3.DatabaseError(
+                    f"{path.name} says it is partition {stamp}, not {number}"
+                )
         partition = self._partitions.get(number) or self._add(number)
         if not partition.migrated:
             await partition.writer.run(_migrate)
+            if number:
+                await partition.writer.run(partial(_adopt_groups, self._path))
             partition.migrated = True
         return partition
 
@@ -145,7 +199,7 @@ class SqliteBroker:
             )
 
     async def start(self) -> None:
-        await self.opened(self._own.number)
+        await self.opened(self._own.number)  # known: its file is made and stamped here
 
     async def publish(self, records: Sequence[Record]) -> None:
         await self._appender.submit(records)
@@ -239,6 +293,7 @@ class SqliteConsumer:
         self._readers: list[_Reader] = []
         self._turn = 0  # which partition is read first: each in turn, so none waits behind
         self._rescan_at = 0.0
+        self._refusals: dict[int, str] = {}  # partition: why it was not opened, logged once
         self._published = asyncio.Event()
         self._unlisten = broker.listen(self._published)
         self.on_close: Callable[[], None] = lambda: None
@@ -256,7 +311,7 @@ class SqliteConsumer:
                     await asyncio.sleep(LINGER)
                     with contextlib.suppress(BackendUnavailable):  # the next poll reads them
                         messages += await self._read(max_records - len(messages))
-            except asyncio.CancelledError:  # nothing read is skipped: the next poll rereads
+            except BaseException:  # cancelled or failed: nothing read is skipped, it is reread
                 for reader, offset in zip(self._readers, before, strict=False):
                     reader.next_offset = offset
                 raise
@@ -274,12 +329,25 @@ class SqliteConsumer:
         known = {reader.partition for reader in self._readers}
         wanted = partitions_on_disk(self._broker.path) | {self._broker.partition}
         for number in sorted(wanted - known):
-            writer = (await self._broker.opened(number)).writer
-            await writer.run(self._register)
+            try:
+                writer = (await self._broker.opened(number)).writer
+                await writer.run(self._register)
+            except (BackendUnavailable, sqlite3.DatabaseError) as error:  # looked at again later
+                self._refused(number, error)
+                continue
             path = partition_path(self._broker.path, number)
-            db = SqliteThread(path, SCHEMA, f"consumer-{self._group}-{number}")
+            db = SqliteThread(path, _schema(number), f"consumer-{self._group}-{number}")
             self._readers.append(_Reader(number, db, writer))
         self._rescan_at = now + _RESCAN
+        if not self._readers:
+            raise BackendUnavailable(f"no partition of {self._broker.path.name} could be opened")
+
+    def _refused(self, number: int, error: Exception) -> None:
+        name = partition_path(self._broker.path, number).name
+        if str(error) != self._refusals.get(number):
+            self._refusals[number] = str(error)
+            level = logging.DEBUG if isinstance(error, _Unstamped) else logging.WARNING
+            log.log(level, "%s: %s is not read for now: %s", self._group, name, error)
 
     def _register(self, conn: sqlite3.Connection) -> None:
         with transaction(conn):
@@ -288,9 +356,9 @@ class SqliteConsumer:
             )
 
     async def _read(self, max_records: int) -> list[Message]:
-        """Up to `max_records` from the partitions in turn. Offsets move on in this thread,
-        after each read: a read cancelled or failed moves nothing. A partition that fails
-        is passed over while others have records (it is read first next time)."""
+        """Up to `max_records` from the partitions, starting with each in turn. Offsets move on
+        in this thread, after each read: a read cancelled or failed moves nothing. A partition
+        that fails is passed over while others have records; the next poll tries it again."""
         self._turn = (self._turn + 1) % len(self._readers)
         order = self._readers[self._turn :] + self._readers[: self._turn]
         messages: list[Message] = []
@@ -301,8 +369,8 @@ class SqliteConsumer:
             wanted = max_records - len(messages)
             try:
                 start, rows = await reader.db.run(partial(self._rows, reader, wanted))
-            except BackendUnavailable as error:
-                failure = failure or error
+            except (BackendUnavailable, sqlite3.DatabaseError) as error:
+                failure = failure or BackendUnavailable(f"partition {reader.partition}: {error}")
                 continue
             if rows:
                 reader.next_offset = rows[-1][0] + 1

@@ -95,9 +95,10 @@ class LogTrimmer:
     def _warn(self, group: str | None) -> None:
         if group is not None and group != self._warned:
             log.warning(
-                "broker retention: group %r has not committed older records, so they stay"
+                "broker retention: group %r has not committed older records of %s, so they stay"
                 " (WT_BROKER_RETENTION_FORCE=1 trims them anyway)",
                 group,
+                self._writer.path.name,
             )
         self._warned = group
 
