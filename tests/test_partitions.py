@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +15,8 @@ import pytest
 from weathertweets.backends import sqlite_broker
 from weathertweets.backends.sqlite_broker import SqliteBroker, partition_path, partitions_on_disk
 from weathertweets.backends.sqlite_retention import Retention
-from weathertweets.ports import Message, Record
+from weathertweets.config import SettingError, Settings
+from weathertweets.ports import BackendUnavailable, Message, Record
 
 KEEP = Retention(max_age_s=0, max_bytes=0)
 
@@ -42,6 +43,15 @@ async def _poll_until(broker: SqliteBroker, group: str, count: int) -> list[Mess
     await consumer.commit(got)
     await consumer.close()
     return got
+
+
+def _backup(source: Path, copy: Path) -> None:
+    """As `sqlite3 source .backup copy` makes it: whole, the WAL's pages included."""
+    with (
+        contextlib.closing(sqlite3.connect(source)) as db,
+        contextlib.closing(sqlite3.connect(copy)) as to,
+    ):
+        db.backup(to)
 
 
 def test_partition_files_sit_beside_the_log(tmp_path: Path) -> None:
@@ -152,16 +162,20 @@ async def test_retention_trims_every_partition_the_process_consumes(tmp_path: Pa
 
 
 async def test_files_that_are_not_a_partition_are_not_read_and_stop_nothing(
-    brokers: tuple[SqliteBroker, SqliteBroker], tmp_path: Path
+    brokers: tuple[SqliteBroker, SqliteBroker], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     here, there = brokers
     await here.publish([Record(b"h")])
     await there.publish([Record(b"t")])
-    shutil.copy(tmp_path / "broker.db", tmp_path / "broker.20261130.db")  # a backup of 0
-    shutil.copy(tmp_path / "broker.2.db", tmp_path / "broker.3.db")  # 2's, renamed
+    _backup(tmp_path / "broker.db", tmp_path / "broker.20261130.db")  # a backup of 0
+    _backup(tmp_path / "broker.2.db", tmp_path / "broker.3.db")  # 2's, renamed
     (tmp_path / "broker.7.db").write_bytes(b"not a database" * 100)
-    got = await _poll_until(here, "archiver", 2)
+    with caplog.at_level(logging.WARNING, logger="weathertweets.broker"):
+        got = await _poll_until(here, "archiver", 2)
     assert sorted((m.partition, m.value) for m in got) == [(0, b"h"), (2, b"t")]
+    warned = caplog.text
+    for name in ("broker.20261130.db", "broker.3.db", "broker.7.db"):
+        assert f"{name} is not read for now" in warned
     counter = here.consumer("counter")  # another group, the same files
     assert len(await counter.poll(100, 0.5)) == 2
     await counter.close()
@@ -186,3 +200,46 @@ async def test_a_new_partition_holds_its_records_for_a_group_elsewhere(tmp_path:
     assert len(await _poll_until(here, "counter", 10)) == 10
     for broker in (here, there):
         await broker.close()
+
+
+async def test_a_poll_that_opens_no_partition_fails_and_the_next_one_reads(
+    brokers: tuple[SqliteBroker, SqliteBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = brokers
+    await there.publish([Record(b"t")])
+    consumer = here.consumer("counter")
+    real = here.opened
+
+    async def locked(number: int) -> object:
+        raise BackendUnavailable("sqlite broker.db: database is locked")
+
+    monkeypatch.setattr(here, "opened", locked)
+    with pytest.raises(BackendUnavailable, match="no partition"):
+        await consumer.poll(100, 0.1)
+    monkeypatch.setattr(here, "opened", real)
+    got: list[Message] = []
+    for _ in range(30):
+        if got := await consumer.poll(100, 0.2):
+            break
+    assert [(m.partition, m.value) for m in got] == [(2, b"t")]
+    await consumer.close()
+
+
+async def test_a_process_does_not_append_to_a_copy_under_its_partition_s_name(
+    tmp_path: Path,
+) -> None:
+    here = SqliteBroker(tmp_path / "broker.db", retention=KEEP)
+    await here.start()
+    await here.publish([Record(b"h")])
+    await here.close()
+    _backup(tmp_path / "broker.db", tmp_path / "broker.3.db")
+    worker = SqliteBroker(tmp_path / "broker.db", retention=KEEP, partition=3)
+    with pytest.raises(sqlite3.DatabaseError, match="says it is partition 0, not 3"):
+        await worker.start()
+    await worker.close()
+
+
+def test_the_partition_setting_is_bounded() -> None:
+    for bad in (-1, 65536):
+        with pytest.raises(SettingError, match="WT_BROKER_PARTITION"):
+            Settings(broker_partition=bad).checked()

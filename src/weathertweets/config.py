@@ -168,8 +168,8 @@ class Settings:
         for name in ("port", "ingest_port", "counter_port", "archiver_port", "ingest_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: not a TCP port")
-        if self.broker_partition < 0:
-            raise SettingError(f"WT_BROKER_PARTITION={self.broker_partition}: 0 or more")
+        if not 0 <= self.broker_partition <= 65535:
+            raise SettingError(f"WT_BROKER_PARTITION={self.broker_partition}: 0 to 65535")
         if min(self.broker_retention_hours, self.broker_retention_bytes) < 0:
             raise SettingError("WT_BROKER_RETENTION_HOURS and _BYTES: 0 (no limit) or more")
         if self.archive_retention_days < 0:

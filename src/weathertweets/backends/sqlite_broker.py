@@ -95,15 +95,28 @@ def _schema(partition: int) -> str:
     return f"{SCHEMA};\nPRAGMA user_version = {partition}" if partition else SCHEMA
 
 
-def _stamp(path: Path) -> int:
+def _check_partition(path: Path, number: int) -> None:
+    """Raise sqlite3.DatabaseError unless the file at `path` is partition `number`: it says
+    so, or says nothing and holds no log yet (being made: `_Unstamped`)."""
     existing = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"  # not made if gone
     with contextlib.closing(sqlite3.connect(existing, uri=True)) as conn:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        stamp = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if stamp == 0 and not _has_table(conn, "log"):
+            raise _Unstamped(f"{path.name} is not (yet) a partition")
+    if stamp != number:
+        raise sqlite3.DatabaseError(
+            f"{path.name} says it is partition {stamp}, not {number} (a copy of another"
+            " partition's file?)"
+        )
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
 
 
 class _Unstamped(sqlite3.DatabaseError):
-    """A file named as a partition that does not say which: being made, or a copy of another
-    file (partition 0's, say)."""
+    """A file named as a partition, with no log and no number yet: being made."""
 
 
 def _adopt_groups(origin: Path, conn: sqlite3.Connection) -> None:
@@ -112,10 +125,9 @@ def _adopt_groups(origin: Path, conn: sqlite3.Connection) -> None:
     if not origin.exists():
         return
     with contextlib.closing(sqlite3.connect(origin)) as source:
-        try:
-            groups = source.execute("SELECT grp FROM positions").fetchall()
-        except sqlite3.OperationalError:  # not made yet: no group to hold for
+        if not _has_table(source, "positions"):  # not made yet: no group to hold for
             return
+        groups = source.execute("SELECT grp FROM positions").fetchall()
     with transaction(conn):
         conn.executemany("INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)", groups)
 
@@ -176,14 +188,7 @@ class SqliteBroker:
         partition is opened only if its file says it is that partition (sqlite3.DatabaseError
         if not)."""
         if number not in self._partitions and number:
-            path = partition_path(self._path, number)
-            stamp = await asyncio.to_thread(_stamp, path)
-            if stamp == 0:
-                raise _Unstamped(f"{path.name} is not (yet) a partition")
-            if stamp != number:
-                raise sqlite3.DatabaseError(
-                    f"{path.name} says it is partition {stamp}, not {number}"
-                )
+            await asyncio.to_thread(_check_partition, partition_path(self._path, number), number)
         partition = self._partitions.get(number) or self._add(number)
         if not partition.migrated:
             await partition.writer.run(_migrate)
@@ -199,7 +204,14 @@ class SqliteBroker:
             )
 
     async def start(self) -> None:
-        await self.opened(self._own.number)  # known: its file is made and stamped here
+        """Open (make and number) the partition this process appends to; a file already there
+        under its name must be that partition."""
+        number = self._own.number
+        path = partition_path(self._path, number)
+        if number and path.exists():
+            with contextlib.suppress(_Unstamped):  # an empty file: made here, now
+                await asyncio.to_thread(_check_partition, path, number)
+        await self.opened(number)
 
     async def publish(self, records: Sequence[Record]) -> None:
         await self._appender.submit(records)
@@ -324,7 +336,7 @@ class SqliteConsumer:
     async def _discover(self, now: float) -> None:
         """Open the partitions not yet read, once a `_RESCAN`; a group is known to retention
         in a partition from then on: what it has not committed there stays."""
-        if now < self._rescan_at:
+        if now < self._rescan_at and self._readers:
             return
         known = {reader.partition for reader in self._readers}
         wanted = partitions_on_disk(self._broker.path) | {self._broker.partition}
