@@ -237,6 +237,13 @@ async def test_a_process_does_not_append_to_a_copy_under_its_partition_s_name(
     with pytest.raises(sqlite3.DatabaseError, match="says it is partition 0, not 3"):
         await worker.start()
     await worker.close()
+    for name in ("broker.3.db", "broker.3.db-wal", "broker.3.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "broker.3.db").mkdir()
+    worker = SqliteBroker(tmp_path / "broker.db", retention=KEEP, partition=3)
+    with pytest.raises(sqlite3.DatabaseError, match=r"broker\.3\.db: unable to open"):
+        await worker.start()
+    await worker.close()
 
 
 def test_the_partition_setting_is_bounded() -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.conftest import free_port
 from weathertweets import server
@@ -269,3 +272,35 @@ async def test_a_client_that_does_not_read_its_answers_is_not_buffered_for(serve
     await asyncio.sleep(0.5)
     writer.close()
     assert 0 < handled < 400  # it stopped taking requests while the answers piled up
+
+
+def test_a_listening_socket_is_not_passed_to_child_processes() -> None:
+    """The parent of `up --workers N` binds its metrics port before it starts the workers: a
+    worker that inherited the socket held the port for a second after the parent died, and a
+    restart in that second failed with "address already in use"."""
+    sock = server.bind("127.0.0.1", 0)
+    ours = os.readlink(f"/proc/self/fd/{sock.fileno()}")
+    show = (
+        "import os; fds = ['/proc/self/fd/' + f for f in os.listdir('/proc/self/fd')];"
+        " print([os.readlink(f) for f in fds if os.path.exists(f)])"
+    )
+
+    async def child() -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            show,
+            stdin=asyncio.subprocess.DEVNULL,  # as the workers are started
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        return out.decode()
+
+    loop = uvloop.new_event_loop()  # the runtime's loop: it spawns as the workers are spawned
+    try:
+        held = loop.run_until_complete(child())
+    finally:
+        loop.close()
+        sock.close()
+    assert ours.startswith("socket:") and "/dev/null" in held  # the child did list its files
+    assert ours not in held

@@ -355,8 +355,7 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     except OSError as error:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from error
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable: a child process (a gateway worker) must not hold the port
 
 
 @asynccontextmanager

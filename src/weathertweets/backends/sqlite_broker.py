@@ -99,10 +99,13 @@ def _check_partition(path: Path, number: int) -> None:
     """Raise sqlite3.DatabaseError unless the file at `path` is partition `number`: it says
     so, or says nothing and holds no log yet (being made: `_Unstamped`)."""
     existing = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"  # not made if gone
-    with contextlib.closing(sqlite3.connect(existing, uri=True)) as conn:
-        stamp = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if stamp == 0 and not _has_table(conn, "log"):
-            raise _Unstamped(f"{path.name} is not (yet) a partition")
+    try:
+        with contextlib.closing(sqlite3.connect(existing, uri=True)) as conn:
+            stamp = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if stamp == 0 and not _has_table(conn, "log"):
+                raise _Unstamped(f"{path.name} is not (yet) a partition")
+    except sqlite3.OperationalError as error:  # a directory, unreadable: say which file
+        raise sqlite3.DatabaseError(f"{path.name}: {error}") from error
     if stamp != number:
         raise sqlite3.DatabaseError(
             f"{path.name} says it is partition {stamp}, not {number} (a copy of another"
