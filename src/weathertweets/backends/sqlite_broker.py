@@ -122,6 +122,10 @@ class _Unstamped(sqlite3.DatabaseError):
     """A file named as a partition, with no log and no number yet: being made."""
 
 
+# A group not yet in a partition holds it from its first record: what it has not read stays.
+_HOLD = "INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)"
+
+
 def _adopt_groups(origin: Path, conn: sqlite3.Connection) -> None:
     """Hold a partition's records for every group partition 0 knows, from its start: a group
     in another process that has not found this file yet is not trimmed past."""
@@ -132,7 +136,7 @@ def _adopt_groups(origin: Path, conn: sqlite3.Connection) -> None:
             return
         groups = source.execute("SELECT grp FROM positions").fetchall()
     with transaction(conn):
-        conn.executemany("INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)", groups)
+        conn.executemany(_HOLD, groups)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -351,7 +355,7 @@ class SqliteConsumer:
                 self._refused(number, error)
                 continue
             path = partition_path(self._broker.path, number)
-            db = SqliteThread(path, _schema(number), f"consumer-{self._group}-{number}")
+            db = SqliteThread(path, SCHEMA, f"consumer-{self._group}-{number}")  # reads only
             self._readers.append(_Reader(number, db, writer))
         self._rescan_at = now + _RESCAN
         if not self._readers:
@@ -366,9 +370,7 @@ class SqliteConsumer:
 
     def _register(self, conn: sqlite3.Connection) -> None:
         with transaction(conn):
-            conn.execute(
-                "INSERT OR IGNORE INTO positions (grp, next_offset) VALUES (?, 1)", (self._group,)
-            )
+            conn.execute(_HOLD, (self._group,))
 
     async def _read(self, max_records: int) -> list[Message]:
         """Up to `max_records` from the partitions, starting with each in turn. Offsets move on
