@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -15,7 +16,12 @@ import pytest
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
 from weathertweets.backends import sqlite as sqlite_module
-from weathertweets.backends.kafka import KafkaBroker, consumer_settings, parse_url
+from weathertweets.backends.kafka import (
+    KafkaBroker,
+    consumer_settings,
+    parse_url,
+    producer_settings,
+)
 from weathertweets.backends.sqlite import SqliteThread, transaction, vacuum
 from weathertweets.domain import encode_record, make_tweet
 from weathertweets.ports import ArchivedTweet, BackendUnavailable, Broker, CountedTweet, Record
@@ -190,6 +196,25 @@ async def test_a_kafka_consumer_fetches_at_least_the_largest_record_allowed() ->
     assert consumer_settings(parse_url("kafka://k:9092"), "g")["fetch.max.bytes"] == 2_097_152
     consumer = KafkaBroker(url).consumer("wt-test")  # librdkafka accepts the settings
     await consumer.close()
+
+
+def test_the_kafka_url_overrides_the_defaults_but_not_the_guarantees(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = parse_url(
+        "kafka://k:9092?linger.ms=20&acks=1&enable.auto.offset.store=true&fetch.wait.max.ms=5"
+    )
+    producer = producer_settings(options)
+    assert (producer["linger.ms"], producer["socket.timeout.ms"]) == ("20", 5_000)
+    assert (producer["acks"], producer["enable.idempotence"]) == ("all", True)
+    consumer = consumer_settings(options, "g")
+    assert (consumer["fetch.wait.max.ms"], consumer["enable.auto.offset.store"]) == ("5", False)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("acks=1" in w for w in warned), warned
+    assert any("enable.auto.offset.store=true" in w for w in warned), warned
+    caplog.clear()
+    producer_settings(parse_url("kafka://k:9092?acks=-1&enable.idempotence=true"))
+    assert not caplog.records
 
 
 async def test_a_sqlite_thread_runs_jobs_in_order_and_hands_back_their_errors(

@@ -1,8 +1,9 @@
 """Apache Kafka broker via confluent-kafka (librdkafka), bridged to asyncio with threads.
 
-`kafka://host:9092[,host2:9092][?librdkafka.option=value&...]`. The producer is idempotent with
-acks=all; `publish` returns once every record of the call is acknowledged by the cluster; keys
-and headers travel with the records. Each consumer runs its (not thread-safe) librdkafka handle
+`kafka://host:9092[,host2:9092][?librdkafka.option=value&...]`: the URL's options override the
+defaults below, except those the guarantees rest on. The producer is idempotent with acks=all;
+`publish` returns once every record of the call is acknowledged by the cluster; keys and
+headers travel with the records. Each consumer runs its (not thread-safe) librdkafka handle
 on one thread of its own and starts from the earliest record when its group has no position
 yet. `commit` stores a batch's offsets once the sinks have it, and librdkafka commits what is
 stored every second, at a rebalance and at close, in the background: a synchronous commit held
@@ -55,7 +56,11 @@ PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
     "compression.type": "lz4",
-    "linger.ms": 5,
+    # A request waits for its record's acknowledgement, so linger is latency every request pays
+    # and, with a fixed number of clients, throughput: 5 ms held the edge's single tweets at
+    # 8 400 requests/s at 64 connections where 1 ms does 19 400, at the same CPU a tweet and
+    # the same batch throughput (0 ms costs the broker 5x the CPU a tweet).
+    "linger.ms": 1,
     "batch.num.messages": 10_000,
     "batch.size": 1_048_576,
     "queue.buffering.max.messages": 1_000_000,
@@ -84,6 +89,10 @@ CONSUMER_DEFAULTS = {
     "session.timeout.ms": 6_000,
     "heartbeat.interval.ms": 1_000,
 }
+# The URL's options override the defaults above, but not these: "202 only once the cluster has
+# the record" and "an offset is stored only after the sinks" rest on them.
+PRODUCER_REQUIRED = {"enable.idempotence": True, "acks": "all"}
+CONSUMER_REQUIRED = {"enable.auto.offset.store": False}
 # Commit failures that mean "the partition moved to another member": the new owner replays the
 # batch and the sinks absorb the replay, so these are not worth retrying.
 _LOST_OWNERSHIP = {
@@ -130,7 +139,7 @@ class KafkaBroker:
     """The producer is made on first publish, so a consuming-only service never opens one."""
 
     def __init__(self, url: str, topic: str = "messages", partitions: int = 3) -> None:
-        self._config = {**CLIENT_DEFAULTS, **parse_url(url)}
+        self._config = parse_url(url)
         self.topic = topic
         self.dead_letter_topic = f"{topic}.dlq"
         self._partitions = partitions
@@ -146,7 +155,7 @@ class KafkaBroker:
         )
 
     async def start(self) -> None:
-        self._admin = AdminClient(_client_logging(self._config, "admin"))
+        self._admin = AdminClient(_client_logging({**CLIENT_DEFAULTS, **self._config}, "admin"))
         await self._admin_thread.run(lambda: self._ensure_topic(self.topic, self._partitions))
 
     def _ensure_topic(self, topic: str, partitions: int) -> None:
@@ -170,7 +179,7 @@ class KafkaBroker:
 
     def _producing(self) -> Producer:
         if self._producer is None:
-            settings = _client_logging({**self._config, **PRODUCER_DEFAULTS}, "producer")
+            settings = _client_logging(producer_settings(self._config), "producer")
             self._producer = Producer(settings)
             self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
             self._poller.start()
@@ -300,12 +309,25 @@ def _header(pair: Any) -> tuple[str, bytes]:
     return str(name), value.encode() if isinstance(value, str) else (value or b"")
 
 
+def producer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return _required({**CLIENT_DEFAULTS, **PRODUCER_DEFAULTS, **config}, PRODUCER_REQUIRED)
+
+
 def consumer_settings(config: dict[str, Any], group: str) -> dict[str, Any]:
-    settings = {**config, **CONSUMER_DEFAULTS, "group.id": group}
+    settings = _required({**CLIENT_DEFAULTS, **CONSUMER_DEFAULTS, **config}, CONSUMER_REQUIRED)
+    settings["group.id"] = group
     # librdkafka refuses a consumer whose fetches are smaller than the largest record allowed.
     largest = int(config.get("message.max.bytes", 0))
     settings["fetch.max.bytes"] = max(int(settings["fetch.max.bytes"]), largest)
     return settings
+
+
+def _required(settings: dict[str, Any], required: dict[str, Any]) -> dict[str, Any]:
+    for name, value in required.items():
+        given = settings.get(name, value)
+        if str(given).lower() not in (str(value).lower(), "-1" if value == "all" else ""):
+            log.warning("ignoring %s=%s in the Kafka URL: it must be %s", name, given, value)
+    return {**settings, **required}
 
 
 class KafkaConsumer:
