@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -94,6 +93,8 @@ def cmd_gen_data(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    import asyncio
+
     from rich.console import Console
 
     from weathertweets.loadgen import progress_bar, read_records, run_load, summary
