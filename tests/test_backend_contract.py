@@ -203,15 +203,18 @@ def test_the_kafka_url_overrides_the_defaults_but_not_the_guarantees(
 ) -> None:
     options = parse_url(
         "kafka://k:9092?linger.ms=20&acks=1&enable.auto.offset.store=true&fetch.wait.max.ms=5"
+        "&auto.offset.reset=latest"
     )
     producer = producer_settings(options)
     assert (producer["linger.ms"], producer["socket.timeout.ms"]) == ("20", 5_000)
     assert (producer["acks"], producer["enable.idempotence"]) == ("all", True)
     consumer = consumer_settings(options, "g")
     assert (consumer["fetch.wait.max.ms"], consumer["enable.auto.offset.store"]) == ("5", False)
+    assert (consumer["auto.offset.reset"], consumer["enable.auto.commit"]) == ("earliest", True)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("acks=1" in w for w in warned), warned
     assert any("enable.auto.offset.store=true" in w for w in warned), warned
+    assert any("auto.offset.reset=latest" in w for w in warned), warned
     caplog.clear()
     producer_settings(parse_url("kafka://k:9092?acks=-1&enable.idempotence=true"))
     assert not caplog.records

@@ -73,10 +73,7 @@ PRODUCER_DEFAULTS = {
 }
 LINGER = 0.01  # seconds a consumer waits for more once a record arrived: fewer, larger sink calls
 CONSUMER_DEFAULTS = {
-    "enable.auto.commit": True,
-    "enable.auto.offset.store": False,  # only `commit`, after the sinks, stores an offset
     "auto.commit.interval.ms": 1_000,
-    "auto.offset.reset": "earliest",
     "fetch.wait.max.ms": 50,
     # Prefetched records held in memory (librdkafka's defaults: 64 MB, 100 000 records, fetches
     # of up to 50 MB). A counter draining a backlog peaked at 175-181 MB of RSS with 8 MB and
@@ -90,9 +87,14 @@ CONSUMER_DEFAULTS = {
     "heartbeat.interval.ms": 1_000,
 }
 # The URL's options override the defaults above, but not these: "202 only once the cluster has
-# the record" and "an offset is stored only after the sinks" rest on them.
+# the record", "an offset is committed only after the sinks" and "a new group misses nothing"
+# rest on them.
 PRODUCER_REQUIRED = {"enable.idempotence": True, "acks": "all"}
-CONSUMER_REQUIRED = {"enable.auto.offset.store": False}
+CONSUMER_REQUIRED = {
+    "enable.auto.offset.store": False,  # only `commit`, after the sinks, stores an offset
+    "enable.auto.commit": True,  # what `commit` stores is committed by librdkafka
+    "auto.offset.reset": "earliest",  # a new group starts from the first record, not the next
+}
 # Commit failures that mean "the partition moved to another member": the new owner replays the
 # batch and the sinks absorb the replay, so these are not worth retrying.
 _LOST_OWNERSHIP = {
