@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer as RdConsumer
+from confluent_kafka import Producer
 
 from tests.backends import BackendSet, Opened, backend_sets, opened
 from weathertweets.backends import sqlite as sqlite_module
@@ -216,8 +218,19 @@ def test_the_kafka_url_overrides_the_defaults_but_not_the_guarantees(
     assert any("enable.auto.offset.store=true" in w for w in warned), warned
     assert any("auto.offset.reset=latest" in w for w in warned), warned
     caplog.clear()
-    producer_settings(parse_url("kafka://k:9092?acks=-1&enable.idempotence=true"))
+    producer_settings(parse_url("kafka://k:9092?acks=-1&enable.idempotence=t"))
+    consumer_settings(parse_url("kafka://k:9092?auto.offset.reset=smallest"), "g")
     assert not caplog.records
+    aliased = producer_settings(parse_url("kafka://k:9092?request.required.acks=1"))
+    assert "request.required.acks" not in aliased and aliased["acks"] == "all"
+    assert "request.required.acks=1" in caplog.text
+
+
+def test_a_kafka_consumer_may_fetch_less_than_the_default_largest_record() -> None:
+    settings = consumer_settings(parse_url("kafka://k:9092?fetch.max.bytes=500000"), "g")
+    assert settings["fetch.max.bytes"] == 1_000_000
+    Producer(producer_settings(parse_url("kafka://127.0.0.1:1?request.required.acks=1")))
+    RdConsumer(settings)  # librdkafka accepts both
 
 
 async def test_a_sqlite_thread_runs_jobs_in_order_and_hands_back_their_errors(

@@ -319,16 +319,29 @@ def consumer_settings(config: dict[str, Any], group: str) -> dict[str, Any]:
     settings = _required({**CLIENT_DEFAULTS, **CONSUMER_DEFAULTS, **config}, CONSUMER_REQUIRED)
     settings["group.id"] = group
     # librdkafka refuses a consumer whose fetches are smaller than the largest record allowed.
-    largest = int(config.get("message.max.bytes", 0))
+    largest = int(config.get("message.max.bytes", 1_000_000))  # librdkafka's default
     settings["fetch.max.bytes"] = max(int(settings["fetch.max.bytes"]), largest)
     return settings
 
 
+# librdkafka's other names for a required setting, and the spellings it reads as the same value.
+_ALIASES = {"acks": "request.required.acks"}
+_SAME = {
+    "true": {"true", "t", "1"},
+    "false": {"false", "f", "0"},
+    "all": {"all", "-1"},
+    "earliest": {"earliest", "smallest", "beginning"},
+}
+
+
 def _required(settings: dict[str, Any], required: dict[str, Any]) -> dict[str, Any]:
+    settings = dict(settings)
     for name, value in required.items():
-        given = settings.get(name, value)
-        if str(given).lower() not in (str(value).lower(), "-1" if value == "all" else ""):
-            log.warning("ignoring %s=%s in the Kafka URL: it must be %s", name, given, value)
+        wanted = str(value).lower()
+        for key in (name, _ALIASES.get(name, name)):
+            given = settings.pop(key, value)
+            if str(given).lower() not in _SAME.get(wanted, {wanted}):
+                log.warning("ignoring %s=%s in the Kafka URL: it must be %s", key, given, value)
     return {**settings, **required}
 
 
