@@ -58,7 +58,7 @@ PRODUCER_DEFAULTS = {
     "compression.type": "lz4",
     # A request waits for its record's acknowledgement, so linger is latency every request pays
     # and, with a fixed number of clients, throughput: 5 ms held the edge's single tweets at
-    # 8 400 requests/s at 64 connections where 1 ms does 19 400, at the same CPU a tweet and
+    # 8 400 requests/s at 64 connections where 1 ms does 19 400, at no more CPU a tweet and
     # the same batch throughput (0 ms costs the broker 5x the CPU a tweet).
     "linger.ms": 1,
     "batch.num.messages": 10_000,
