@@ -53,8 +53,6 @@ CLIENT_DEFAULTS = {
     "topic.metadata.refresh.interval.ms": 10_000,  # learn moved leaders without an error first
 }
 PRODUCER_DEFAULTS = {
-    "enable.idempotence": True,
-    "acks": "all",
     "compression.type": "lz4",
     # A request waits for its record's acknowledgement, so linger is latency every request pays
     # and, with a fixed number of clients, throughput: 5 ms held the edge's single tweets at
@@ -325,7 +323,7 @@ def consumer_settings(config: dict[str, Any], group: str) -> dict[str, Any]:
 
 
 # librdkafka's other names for a required setting, and the spellings it reads as the same value.
-_ALIASES = {"acks": "request.required.acks"}
+_ALIASES = {"acks": ("request.required.acks",)}
 _SAME = {
     "true": {"true", "t", "1"},
     "false": {"false", "f", "0"},
@@ -338,7 +336,7 @@ def _required(settings: dict[str, Any], required: dict[str, Any]) -> dict[str, A
     settings = dict(settings)
     for name, value in required.items():
         wanted = str(value).lower()
-        for key in (name, _ALIASES.get(name, name)):
+        for key in (name, *_ALIASES.get(name, ())):
             given = settings.pop(key, value)
             if str(given).lower() not in _SAME.get(wanted, {wanted}):
                 log.warning("ignoring %s=%s in the Kafka URL: it must be %s", key, given, value)
