@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -31,6 +32,30 @@ async def test_a_failed_flush_fails_each_of_its_submitters() -> None:
     batcher = Batcher(flush)
     results = await asyncio.gather(*(batcher.submit([i]) for i in range(5)), return_exceptions=True)
     assert all(isinstance(r, BackendUnavailable) for r in results)
+    await batcher.close()
+
+
+async def test_a_failure_and_its_submitters_make_no_reference_cycle() -> None:
+    """Each submitter raises the flush's error, whose traceback holds the frames it crossed;
+    were one of them to hold the error (a future, a local), the pair would wait for the
+    cyclic collector, which the services run rarely (`runtime.quiet_gc`)."""
+
+    async def flush(items: list[int]) -> None:
+        raise BackendUnavailable("down")
+
+    batcher = Batcher(flush, max_in_flight=1)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            outcomes = await asyncio.gather(
+                *(batcher.submit([i]) for i in range(50)), return_exceptions=True
+            )
+            assert all(isinstance(o, BackendUnavailable) for o in outcomes)
+        del outcomes
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
     await batcher.close()
 
 

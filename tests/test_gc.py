@@ -1,7 +1,8 @@
 """The services run Python's cyclic collector rarely (`runtime.quiet_gc`). That is safe only
 while a request, and each record the consumers take, leaves no reference cycle behind: garbage
 that only the collector frees would then pile up between its passes. Every path of the write
-API (accepted, replayed and refused) and both sinks, in one process as `up` runs them."""
+API (accepted, replayed and refused) and both sinks, in one process as `up` runs them; the
+refusals of a broker outage; and any error a handler raises."""
 
 from __future__ import annotations
 
@@ -10,14 +11,28 @@ import collections
 import gc
 import http.client
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.conftest import free_port
+from weathertweets.access import Access
+from weathertweets.backends.sqlite_counters import SqliteCounters
+from weathertweets.backends.sqlite_idempotency import SqliteIdempotency
+from weathertweets.backends.sqlite_store import SqliteStore
+from weathertweets.batching import Batcher
 from weathertweets.config import Settings
+from weathertweets.ports import BackendUnavailable, Broker, Record
 from weathertweets.runtime import SERVICES, run
+from weathertweets.server import http_server
+from weathertweets.services.errors import APP_ERRORS
+from weathertweets.services.gateway import Gateway
+from weathertweets.services.publishing import BrokerPublisher
+from weathertweets.services.writes import WriteGuard
+from weathertweets.web import Request, Response, Router
 
 JSON = {"content-type": "application/json"}
 TWEET = {"texto": "Calor sofocante", "pais": "Turquía"}
@@ -55,6 +70,14 @@ def _requests(round_: int) -> Iterator[tuple[str, str, bytes, dict[str, str], in
     yield "GET", "/no/such/path", b"", {}, 404
     yield "GET", "/api/v1/stats", b"", {}, 200
     yield "GET", "/api/v1/tweets?limit=5", b"", {}, 200
+
+
+def _garbage() -> tuple[int, list[tuple[str, int]]]:
+    """What a pass of the collector finds now, and of what kinds."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found = gc.collect()
+    kinds = collections.Counter(type(thing).__name__ for thing in gc.garbage)
+    return found, kinds.most_common(10)
 
 
 def _exchange(port: int, rounds: range) -> int:
@@ -131,13 +154,98 @@ async def test_requests_and_records_leave_no_reference_cycles(
         rounds = 60
         accepted += await asyncio.to_thread(_exchange, settings.port, range(5, 5 + rounds))
         await _settled(settings.port, accepted)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        found = gc.collect()
-        kinds = collections.Counter(type(thing).__name__ for thing in gc.garbage)
+        found, kinds = _garbage()
     finally:
         stopping.set()
         await service
     requests = rounds * len(list(_requests(0)))
     # One cycle a request or a record would be at least two objects each; the rest of the
     # process (timers, probes) may leave a few.
-    assert found < requests // 10, kinds.most_common(10)
+    assert found < requests // 10, kinds
+
+
+class UnreachableBroker:
+    """Fails the way the real brokers do when theirs is down: inside a batch's flush, shared by
+    every request in the batch."""
+
+    def __init__(self) -> None:
+        self._appender: Batcher[Record] = Batcher(self._flush)
+
+    async def _flush(self, records: list[Record]) -> None:
+        raise BackendUnavailable("broker unreachable")
+
+    async def publish(self, records: list[Record]) -> None:
+        await self._appender.submit(records)
+
+    async def ping(self) -> None:
+        raise BackendUnavailable("broker unreachable")
+
+
+def _refused(port: int, rounds: range) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    single, batch = json.dumps(TWEET).encode(), json.dumps([TWEET] * 10).encode()
+    try:
+        for round_ in rounds:
+            for path, body, key in [
+                ("/input", single, ""),
+                ("/input", single, f"gc-{round_}"),
+                ("/api/v1/tweets", batch, ""),
+            ]:
+                headers = {**JSON, "idempotency-key": key} if key else JSON
+                connection.request("POST", path, body, headers)
+                answer = connection.getresponse()
+                answer.read()
+                assert answer.status == 503, answer.status
+                assert answer.getheader("retry-after")
+    finally:
+        connection.close()
+
+
+async def test_refusals_in_an_outage_leave_no_reference_cycles(
+    tmp_path: Path, collector_off: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure travels up from the flush through every request that waited on it, and a
+    traceback holds the frames it crossed: the response must not leave them in a cycle."""
+    caplog.set_level(logging.ERROR, "weathertweets")  # kept records would keep the failures
+    store, counters = SqliteStore(tmp_path / "s.db"), SqliteCounters(tmp_path / "c.db")
+    keys = SqliteIdempotency(tmp_path / "c.db")
+    for backend in (store, counters, keys):
+        await backend.start()
+    guard = WriteGuard(Access(), idempotency=keys)
+    publisher = BrokerPublisher(cast(Broker, UnreachableBroker()))  # it publishes and pings
+    gateway = Gateway(publisher, store, counters, guard=guard)
+    port = free_port()
+    try:
+        async with http_server(gateway.app, "127.0.0.1", port):
+            await asyncio.to_thread(_refused, port, range(5))
+            gc.collect()
+            rounds = 100
+            await asyncio.to_thread(_refused, port, range(5, 5 + rounds))
+            found, kinds = _garbage()
+    finally:
+        for backend in (store, counters, keys):
+            await backend.close()
+    assert found < rounds * 3 // 10, kinds
+
+
+async def test_an_answered_error_takes_no_frame_with_it(collector_off: None) -> None:
+    """Whatever a handler raised, once it is a response its traceback is let go: a frame that
+    held the error (here a failed future it awaited) would otherwise make a cycle with it."""
+
+    async def fails(_: Request) -> Response:
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(BackendUnavailable("down"))
+        await failed
+        raise AssertionError("unreachable")
+
+    router = Router("test", APP_ERRORS)
+    router.add("POST", "/p", fails)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for _ in range(20):
+        scope = {"type": "http", "method": "POST", "path": "/p", "headers": []}
+        assert (await router.respond(scope, receive)).status == 503
+    found, kinds = _garbage()
+    assert found == 0, kinds

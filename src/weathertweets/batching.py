@@ -52,7 +52,10 @@ class Batcher(Generic[T]):
         self._pending_items += len(items)
         self._idle.clear()
         self._wakeup.set()
-        await done
+        try:
+            await done
+        finally:
+            del done  # a failure's traceback holds this frame: it must not hold the failure
 
     async def drain(self) -> None:
         """Wait until everything submitted so far has been flushed (or failed)."""
@@ -98,7 +101,7 @@ class Batcher(Generic[T]):
         except asyncio.CancelledError:
             failure = BackendUnavailable("shutting down")
         except Exception as error:
-            failure = error
+            failure = error.with_traceback(None)  # its frames hold `entries`, and so the waiters
         finally:
             self._slots.release()
         for _, done in entries:

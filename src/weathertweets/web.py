@@ -214,7 +214,9 @@ class Router:
             scope["route"], handler = self._match(request)
             return await handler(request)
         except Exception as error:
-            return self._error_response(error, request)
+            response = self._error_response(error, request)
+            _drop_tracebacks(error)
+            return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -257,6 +259,19 @@ async def _stream(response: Response, receive: Receive, send: Send) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     if tasks[0] in done and tasks[0].exception() is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    """An answered error's tracebacks, and its causes', hold the frames they crossed, and those
+    frames can hold the error again (a failed future the request waited on): a cycle that only
+    the collector frees, and the services run it rarely (`runtime.quiet_gc`)."""
+    chain, seen = [error], set()
+    while chain:
+        link = chain.pop()
+        if id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            chain += [e for e in (link.__cause__, link.__context__) if e is not None]
 
 
 def unavailable(reason: str, retry_after: int = 1) -> HTTPError:
