@@ -38,7 +38,7 @@ async def test_a_failed_flush_fails_each_of_its_submitters() -> None:
 async def test_a_failure_and_its_submitters_make_no_reference_cycle() -> None:
     """Each submitter raises the flush's error, whose traceback holds the frames it crossed;
     were one of them to hold the error (a future, a local), the pair would wait for the
-    cyclic collector, which the services run rarely (`runtime.quiet_gc`)."""
+    cyclic collector, which the services run rarely (`collector.quiet`)."""
 
     async def flush(items: list[int]) -> None:
         raise BackendUnavailable("down")

@@ -1,8 +1,9 @@
-"""The services run Python's cyclic collector rarely (`runtime.quiet_gc`). That is safe only
-while a request, and each record the consumers take, leaves no reference cycle behind: garbage
-that only the collector frees would then pile up between its passes. Every path of the write
-API (accepted, replayed and refused) and both sinks, in one process as `up` runs them; the
-refusals of a broker outage; and any error a handler raises."""
+"""The services run Python's cyclic collector rarely (`collector.quiet`). That is safe only
+while a request, and each record the consumers take, leaves no reference cycle behind (or none
+that holds much): garbage that only the collector frees waits for its next pass. Every path of
+the write API (accepted, replayed and refused) and both sinks, in one process as `up` runs
+them; the refusals of a broker outage; any error a handler raises; a failed SQLite job; a
+refused gRPC call; and the full pass every second that frees whatever still does."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import gc
 import http.client
 import json
 import logging
+import sqlite3
+import subprocess
+import sys
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -20,6 +26,8 @@ import pytest
 
 from tests.conftest import free_port
 from weathertweets.access import Access
+from weathertweets.backends.sqlite import SqliteThread
+from weathertweets.backends.sqlite_broker import SqliteBroker
 from weathertweets.backends.sqlite_counters import SqliteCounters
 from weathertweets.backends.sqlite_idempotency import SqliteIdempotency
 from weathertweets.backends.sqlite_store import SqliteStore
@@ -30,6 +38,7 @@ from weathertweets.runtime import SERVICES, run
 from weathertweets.server import http_server
 from weathertweets.services.errors import APP_ERRORS
 from weathertweets.services.gateway import Gateway
+from weathertweets.services.ingest import start_ingest_server
 from weathertweets.services.publishing import BrokerPublisher
 from weathertweets.services.writes import WriteGuard
 from weathertweets.web import Request, Response, Router
@@ -109,13 +118,23 @@ def _stats(port: int) -> dict[str, int]:
         connection.close()
 
 
-async def _settled(port: int, accepted: int) -> None:
-    for _ in range(300):
-        stats = await asyncio.to_thread(_stats, port)
-        if stats["total"] == stats["archived"] == accepted:
-            return
-        await asyncio.sleep(0.1)
+def _wait_settled(port: int, accepted: int) -> None:
+    """Polls on one connection: a closed one leaves a cycle of asyncio's own (not uvloop's)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(300):
+            connection.request("GET", "/api/v1/stats")
+            stats = json.loads(connection.getresponse().read())
+            if stats["total"] == stats["archived"] == accepted:
+                return
+            time.sleep(0.1)
+    finally:
+        connection.close()
     raise AssertionError(f"{stats} after {accepted} accepted")
+
+
+async def _settled(port: int, accepted: int) -> None:
+    await asyncio.to_thread(_wait_settled, port, accepted)
 
 
 @pytest.fixture
@@ -249,3 +268,101 @@ async def test_an_answered_error_takes_no_frame_with_it(collector_off: None) -> 
         assert (await router.respond(scope, receive)).status == 503
     found, kinds = _garbage()
     assert found == 0, kinds
+
+
+async def test_a_failed_sqlite_job_takes_no_frame_with_it(
+    tmp_path: Path, collector_off: None
+) -> None:
+    thread = SqliteThread(tmp_path / "x.db", "CREATE TABLE IF NOT EXISTS t (x)", "test")
+    await thread.open()
+
+    def fails(_: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        gc.collect()
+        for _ in range(50):
+            with pytest.raises(BackendUnavailable):
+                await thread.run(fails)
+        found, kinds = _garbage()
+    finally:
+        await thread.close()
+    assert found < 50, kinds
+
+
+GRPC_CLIENT = """
+import sys, grpc
+from weathertweets.proto import confproto_pb2, confproto_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+options = [("grpc.max_send_message_length", 8 << 20)]
+with grpc.insecure_channel(sys.argv[1], options=options) as channel:
+    info, ingest = confproto_pb2_grpc.getInfoStub(channel), ingest_pb2_grpc.TweetIngestStub(channel)
+    big = "x" * (1 << 20)
+    calls = [
+        lambda: info.returnInfo(confproto_pb2.requestId(texto=big, pais="Chile"), timeout=10),
+        lambda: ingest.Publish(ingest_pb2.Tweet(texto=big, pais="Chile"), timeout=10),
+        lambda: ingest.PublishBatch(
+            ingest_pb2.TweetBatch(tweets=[ingest_pb2.Tweet(texto=big, pais="Chile")]), timeout=10
+        ),
+    ]
+    for _ in range(int(sys.argv[2])):
+        for call in calls:
+            try:
+                call()
+                raise SystemExit("accepted a 1 MB text")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+"""
+
+
+async def test_a_refused_grpc_call_leaves_no_message_behind(
+    tmp_path: Path, collector_off: None
+) -> None:
+    """An abort leaves a small cycle in grpc's call state; the request's bytes must not be in
+    it (a 16 MB message a call otherwise, to whoever reaches the port)."""
+    broker = SqliteBroker(tmp_path / "broker.db")
+    await broker.start()
+    address = f"127.0.0.1:{free_port()}"
+    server = await start_ingest_server(broker, address)
+
+    async def client(rounds: int) -> None:
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", GRPC_CLIENT, address, str(rounds)
+        )
+        assert await done.wait() == 0
+
+    try:
+        await client(1)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            await client(10)
+            before = tracemalloc.get_traced_memory()[0]
+            gc.collect()
+            held = before - tracemalloc.get_traced_memory()[0]  # what only the pass freed
+        finally:
+            tracemalloc.stop()
+    finally:
+        await server.stop(grace=1)
+        await broker.close()
+    assert held < 1 << 20, f"{held} bytes of 30 refused 1 MB requests waited for the collector"
+
+
+def test_a_service_frees_a_cycle_within_about_a_second() -> None:
+    """Whatever does make a cycle: the full pass every second (`collector.quiet`), in a process
+    of its own (it freezes and retunes the collector)."""
+    program = """
+import gc, time, weakref
+from weathertweets import collector
+collector.quiet()
+class Node: pass
+node = Node(); node.self = node; node.blob = bytes(10 << 20)
+gone = weakref.ref(node)
+del node
+for _ in range(30):
+    if gone() is None:
+        break
+    time.sleep(0.1)
+assert gone() is None, "still held after 3 s"
+assert gc.get_threshold() == collector.THRESHOLDS
+"""
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)

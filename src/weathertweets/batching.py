@@ -7,6 +7,7 @@ busy system makes few large calls (one gRPC round trip, one fsync) and an idle o
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -101,7 +102,13 @@ class Batcher(Generic[T]):
         except asyncio.CancelledError:
             failure = BackendUnavailable("shutting down")
         except Exception as error:
-            failure = error.with_traceback(None)  # its frames hold `entries`, and so the waiters
+            # The waiters get the error with the frames it came through, but not this one, and
+            # none of their locals: this frame holds `entries`, and so the waiters' futures.
+            below = error.__traceback__.tb_next if error.__traceback__ else None
+            if below is not None:
+                traceback.clear_frames(below)
+            failure = error.with_traceback(below)
+            del below
         finally:
             self._slots.release()
         for _, done in entries:

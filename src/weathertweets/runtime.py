@@ -10,7 +10,6 @@ exits non-zero (`ServiceFailed`) for its orchestrator to restart.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import secrets
 import signal
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from weathertweets import energy, tracing
+from weathertweets import collector, energy, tracing
 from weathertweets.access import Access, RateLimiter, load_keys
 from weathertweets.backends import open_broker, open_counters, open_idempotency, open_store
 from weathertweets.backends.sqlite_retention import Retention
@@ -355,23 +354,10 @@ async def _open_backends(ctx: Context, needed: set[str]) -> None:
         ctx.idempotency = await ctx.stack.enter_async_context(started(keys))
 
 
-# The request and consume paths leave no garbage that only the cyclic collector frees
-# (tests/test_gc.py), so there it only costs time: at Python's default (a pass every 700 net
-# allocations) it took 12 % of a gateway worker's CPU at 1 024 connections (docs/benchmarks.md).
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
-def quiet_gc() -> None:
-    """What the imports made is left out of every later pass, and passes are rare."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def serve_forever(main: Coroutine[Any, Any, None]) -> None:
     """Run the services' coroutine on uvloop when it is installed (it is with uvicorn[standard]):
     measured faster here than asyncio's own loop for the HTTP and gRPC paths."""
-    quiet_gc()
+    collector.quiet()
     try:
         import uvloop
     except ImportError:
@@ -430,6 +416,7 @@ async def run(
             raise
         if gateways is not None:  # registered last, so stopped first: no tweet after the drain
             stack.push_async_callback(gateways.stop)
+        collector.started()
         announce(f"ready: {', '.join(names)} (Ctrl-C stops)")
         await stopping.wait()
     if supervisor.failures:

@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
+from weathertweets.collector import drop_tracebacks
+
 log = logging.getLogger("weathertweets.http")
 
 Scope = MutableMapping[str, Any]
@@ -215,7 +217,7 @@ class Router:
             return await handler(request)
         except Exception as error:
             response = self._error_response(error, request)
-            _drop_tracebacks(error)
+            drop_tracebacks(error)
             return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -259,19 +261,6 @@ async def _stream(response: Response, receive: Receive, send: Send) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     if tasks[0] in done and tasks[0].exception() is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _drop_tracebacks(error: BaseException) -> None:
-    """An answered error's tracebacks, and its causes', hold the frames they crossed, and those
-    frames can hold the error again (a failed future the request waited on): a cycle that only
-    the collector frees, and the services run it rarely (`runtime.quiet_gc`)."""
-    chain, seen = [error], set()
-    while chain:
-        link = chain.pop()
-        if id(link) not in seen:
-            seen.add(id(link))
-            link.__traceback__ = None
-            chain += [e for e in (link.__cause__, link.__context__) if e is not None]
 
 
 def unavailable(reason: str, retry_after: int = 1) -> HTTPError:

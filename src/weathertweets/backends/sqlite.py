@@ -68,6 +68,8 @@ class SqliteThread:
             return await done
         except sqlite3.OperationalError as error:  # locked, disk full, I/O error: retry later
             raise BackendUnavailable(f"sqlite {self.path.name}: {error}") from error
+        finally:
+            del done  # a failure's traceback holds this frame: it must not hold the failure
 
     def _serve(self) -> None:
         """Until closed, or (never closed) once the interpreter exits and the queue is empty:

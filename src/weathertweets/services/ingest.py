@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from weathertweets.collector import drop_tracebacks
 from weathertweets.domain import InvalidTweet, Tweet
 from weathertweets.logs import REQUEST_ID
 from weathertweets.metrics import GRPC_DURATION, GRPC_HANDLED
@@ -170,9 +171,16 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
                     await self._authenticate(metadata, context)
                 request = await _decoded(raw, decode, limit, context)
                 return await inner(request, context)
-            except Exception:
+            except Exception as error:
                 found = context.code()
-                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+                if not isinstance(found, grpc.StatusCode):
+                    code = "UNKNOWN"  # a failure grpc logs, with its traceback
+                    raise
+                code = found.name
+                # An abort: grpc keeps its error in the call's state, which `context` holds, and
+                # the error's frames hold `context`, a cycle. Not one that holds the message.
+                raw, request = b"", None
+                drop_tracebacks(error)
                 raise
             finally:
                 REQUEST_ID.reset(token)
