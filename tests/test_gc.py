@@ -348,21 +348,24 @@ async def test_a_refused_grpc_call_leaves_no_message_behind(
 
 
 def test_a_service_frees_a_cycle_within_about_a_second() -> None:
-    """Whatever does make a cycle: the full pass every second (`collector.quiet`), in a process
-    of its own (it freezes and retunes the collector)."""
+    """Whatever does make a cycle: the full pass every second (`collector.started`), in a
+    process of its own (it freezes and retunes the collector)."""
     program = """
-import gc, time, weakref
+import asyncio, gc, weakref
 from weathertweets import collector
 collector.quiet()
 class Node: pass
-node = Node(); node.self = node; node.blob = bytes(10 << 20)
-gone = weakref.ref(node)
-del node
-for _ in range(30):
-    if gone() is None:
-        break
-    time.sleep(0.1)
-assert gone() is None, "still held after 3 s"
+async def main():
+    collector.started()
+    node = Node(); node.self = node; node.blob = bytes(10 << 20)
+    gone = weakref.ref(node)
+    del node
+    for _ in range(30):
+        if gone() is None:
+            break
+        await asyncio.sleep(0.1)
+    assert gone() is None, "still held after 3 s"
+asyncio.run(main())
 assert gc.get_threshold() == collector.THRESHOLDS
 """
     subprocess.run([sys.executable, "-c", program], check=True, timeout=60)

@@ -7,7 +7,6 @@ busy system makes few large calls (one gRPC round trip, one fsync) and an idle o
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -102,13 +101,9 @@ class Batcher(Generic[T]):
         except asyncio.CancelledError:
             failure = BackendUnavailable("shutting down")
         except Exception as error:
-            # The waiters get the error with the frames it came through, but not this one, and
-            # none of their locals: this frame holds `entries`, and so the waiters' futures.
-            below = error.__traceback__.tb_next if error.__traceback__ else None
-            if below is not None:
-                traceback.clear_frames(below)
-            failure = error.with_traceback(below)
-            del below
+            # The waiters get the error with the frames it came through, but not this one: it
+            # holds `entries`, and so the waiters' futures, which will hold the error.
+            failure = error.with_traceback(error.__traceback__ and error.__traceback__.tb_next)
         finally:
             self._slots.release()
         for _, done in entries:

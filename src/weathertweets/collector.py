@@ -4,7 +4,7 @@ The request and consume paths make no reference cycles (tests/test_gc.py holds t
 the collector's passes only cost time there: at Python's default (a pass every 700 net
 allocations) they took 12 % of a gateway worker's CPU at 1 024 connections (docs/benchmarks.md).
 A service freezes what its imports made (and again what starting its services made), runs the
-collector's passes rarely, and makes a full pass every second from a thread of its own:
+collector's passes rarely, and makes a full pass every second on its event loop:
 whatever does make a cycle (a failure path nobody audited, a library's) is freed within about
 a second, not after 50 000 allocations. A full pass then walks only what is in flight: 2 ms
 at 256 connections, 8 ms at 1 024 in an edge gateway worker.
@@ -12,9 +12,8 @@ at 256 connections, 8 ms at 1 024 in an edge gateway worker.
 
 from __future__ import annotations
 
+import asyncio
 import gc
-import threading
-import time
 
 THRESHOLDS = (50_000, 20, 20)
 FULL_PASS_EVERY = 1.0  # seconds
@@ -30,21 +29,24 @@ def quiet() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
-    threading.Thread(target=_full_passes, name="gc", daemon=True).start()
 
 
 def started() -> None:
-    """Once the services started: what they made to start (clients, servers, the modules they
-    imported on the way) leaves the passes too. Nothing in a process that is not `quiet`."""
-    if _quiet:
-        gc.collect()
-        gc.freeze()
+    """Once the services started (on their event loop): what they made to start (clients,
+    servers, the modules they imported on the way) leaves the passes too, and from then on a
+    full pass runs every second, on the loop, where the finalizers of its objects expect to
+    run. Nothing in a process that is not `quiet` (a test's)."""
+    if not _quiet:
+        return
+    gc.collect()
+    gc.freeze()
+    loop = asyncio.get_running_loop()
 
-
-def _full_passes() -> None:
-    while True:
-        time.sleep(FULL_PASS_EVERY)
+    def full_pass() -> None:
         gc.collect()
+        loop.call_later(FULL_PASS_EVERY, full_pass)
+
+    loop.call_later(FULL_PASS_EVERY, full_pass)
 
 
 def drop_tracebacks(error: BaseException) -> None:

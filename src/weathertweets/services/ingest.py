@@ -177,9 +177,8 @@ class _Observed(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped ba
                     code = "UNKNOWN"  # a failure grpc logs, with its traceback
                     raise
                 code = found.name
-                # An abort: grpc keeps its error in the call's state, which `context` holds, and
-                # the error's frames hold `context`, a cycle. Not one that holds the message.
-                raw, request = b"", None
+                # An abort: grpc keeps its error in the call's state, which `context` holds.
+                # Its frames (which hold `context`, and the message) go: no cycle holds those.
                 drop_tracebacks(error)
                 raise
             finally:
