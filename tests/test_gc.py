@@ -48,7 +48,7 @@ TWEET = {"texto": "Calor sofocante", "pais": "Turquía"}
 
 
 def _requests(round_: int) -> Iterator[tuple[str, str, bytes, dict[str, str], int]]:
-    """(method, path, body, headers, the status it must get); tweets accepted: 14 a round."""
+    """(method, path, body, headers, the status it must get); tweets accepted: 15 a round."""
     single = json.dumps(TWEET).encode()
     batch = json.dumps([TWEET] * 10).encode()
     yield "POST", "/input", single, JSON, 202
