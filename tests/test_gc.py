@@ -101,19 +101,23 @@ def _exchange(port: int, rounds: range) -> int:
                 answer = connection.getresponse()
                 payload = answer.read()
                 assert answer.status == status, (method, path, answer.status, payload[:200])
-                if status == 202 and b"idempotent-replayed" not in str(answer.headers).encode():
+                if status == 202 and answer.getheader("idempotent-replayed") is None:
                     accepted += json.loads(payload).get("accepted", 1)
     finally:
         connection.close()
     return accepted
 
 
-def _stats(port: int) -> dict[str, int]:
+def _stats(connection: http.client.HTTPConnection) -> dict[str, int]:
+    connection.request("GET", "/api/v1/stats")
+    stats: dict[str, int] = json.loads(connection.getresponse().read())
+    return stats
+
+
+def _ready(port: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", "/api/v1/stats")
-        stats: dict[str, int] = json.loads(connection.getresponse().read())
-        return stats
+        _stats(connection)
     finally:
         connection.close()
 
@@ -123,8 +127,7 @@ def _wait_settled(port: int, accepted: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         for _ in range(300):
-            connection.request("GET", "/api/v1/stats")
-            stats = json.loads(connection.getresponse().read())
+            stats = _stats(connection)
             if stats["total"] == stats["archived"] == accepted:
                 return
             time.sleep(0.1)
@@ -163,7 +166,7 @@ async def test_requests_and_records_leave_no_reference_cycles(
         for _ in range(300):
             assert not service.done(), service.result()
             try:
-                await asyncio.to_thread(_stats, settings.port)
+                await asyncio.to_thread(_ready, settings.port)
                 break
             except OSError:
                 await asyncio.sleep(0.1)
