@@ -173,11 +173,14 @@ def test_stack_lowers_the_sinks_only_on_kafka(tmp_path: Path) -> None:
 
     own = os.getpriority(os.PRIO_PROCESS, 0)
     on_kafka = Stack(Settings(broker_url="kafka://k:9092").resolve(), tmp_path)
-    assert on_kafka._sink_nice() == max(0, 10 - own)
+    assert (on_kafka._sink_nice(), on_kafka._sink_idle()) == (max(0, 10 - own), True)
     embedded = Stack(Settings(data_dir=tmp_path).resolve(), tmp_path)
-    assert embedded._sink_nice() == 0  # the sinks' commits share the log's write lock
-    off = Stack(Settings(broker_url="kafka://k:9092", sink_nice=0).resolve(), tmp_path)
-    assert off._sink_nice() == 0
+    # the sinks' commits share the log's write lock
+    assert (embedded._sink_nice(), embedded._sink_idle()) == (0, False)
+    off = Stack(
+        Settings(broker_url="kafka://k:9092", sink_nice=0, sink_idle=False).resolve(), tmp_path
+    )
+    assert (off._sink_nice(), off._sink_idle()) == (0, False)
 
 
 def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:

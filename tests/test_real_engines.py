@@ -58,16 +58,19 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
         while "stack ready" not in stack.output and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "stack ready" in stack.output
-        assert stack.proc is not None  # on Kafka the sinks run at nice 10, every thread of them
+        # On Kafka the sinks run at nice 10 and in the idle class, every thread of them.
+        assert stack.proc is not None
         own = os.getpriority(os.PRIO_PROCESS, 0)
+        own_policy = os.sched_getscheduler(0)
         for pid in (
             Path(f"/proc/{stack.proc.pid}/task/{stack.proc.pid}/children").read_text().split()
         ):
             service = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
-            expected = max(own, 10) if service in ("archiver", "counter") else own
+            sink = service in ("archiver", "counter")
+            expected = (max(own, 10), os.SCHED_IDLE) if sink else (own, own_policy)
             for task in Path(f"/proc/{pid}/task").iterdir():
                 stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                assert (service, int(stat[16])) == (service, expected)
+                assert (service, int(stat[16]), int(stat[38])) == (service, *expected)
         records = generate(20_000, seed=21)
         accepted = _send(gateway, records[:5000], batch=0)
         accepted += _send(gateway, records[5000:], batch=500)

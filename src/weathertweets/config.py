@@ -83,10 +83,17 @@ class Settings:
         "how a lone gateway publishes: ingest (gRPC) or broker (straight to the broker;"
         " a gateway that shares its process with ingest always does)",
     )
+    sink_idle: bool = setting(
+        True,
+        "`stack` on Kafka: the archiver and counter in Linux's idle scheduling class (SCHED_IDLE),"
+        " so that taking tweets in goes first on a shared machine and the sinks run on what it"
+        " leaves free, catching up after a burst; off (or where there is no such class):"
+        " WT_SINK_NICE alone",
+    )
     sink_nice: int = setting(
         10,
         "`stack` on Kafka: niceness of the archiver and counter processes (0-19; 0: same as the"
-        " rest), so that taking tweets in goes first on a shared machine; the sinks catch up after",
+        " rest)",
     )
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")

@@ -8,9 +8,10 @@ instance N listens on every port of the first plus 100 × (N − 1) (`ingest-2`:
 HTTP 8102). The gateways balance over every ingest; the archivers share one consumer group,
 the counters another, and the broker shares the partitions among them.
 
-On Kafka the archiver and counter run at a lower CPU priority (`WT_SINK_NICE`, 10): on a
-machine the services share, a client waiting for its 202 goes before a sink, which Kafka
-buffers and which catches up once the load eases.
+On Kafka the archiver and counter run at the lowest CPU priority, Linux's idle scheduling
+class (`WT_SINK_IDLE`; else nice `WT_SINK_NICE`, 10): on a machine the services share, a client
+waiting for its 202 goes before a sink, which Kafka buffers and which catches up on the cores
+the load leaves free.
 
 `--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
 and watched by the stack itself like any service (`gateway-w1`, `gateway-w2`): no parent
@@ -19,6 +20,7 @@ process in between, and a worker stops by itself if the stack is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -217,7 +219,8 @@ class Stack:
             child.log_start = log.tell()
             command = [sys.executable, "-m", "weathertweets.cli", "serve", child.service]
             env = child_environment(child.settings)
-            lower = self._sink_nice() if child.service in CONSUMERS else 0
+            sink = child.service in CONSUMERS
+            lower = partial(_lower_priority, self._sink_nice(), self._sink_idle()) if sink else None
             child.process = subprocess.Popen(
                 command,
                 stdout=log,
@@ -225,7 +228,7 @@ class Stack:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 # In the child before it runs anything: every thread it starts inherits it.
-                preexec_fn=partial(os.nice, lower) if lower else None,
+                preexec_fn=lower,
             )
             log.close()
         self._write_prometheus_targets()
@@ -237,6 +240,11 @@ class Stack:
         if not self.settings.broker_url.startswith("kafka://"):
             return 0
         return max(0, self.settings.sink_nice - os.getpriority(os.PRIO_PROCESS, 0))
+
+    def _sink_idle(self) -> bool:
+        """Whether the sinks run in the idle class: as `_sink_nice`, only on Kafka."""
+        on_kafka = self.settings.broker_url.startswith("kafka://")
+        return on_kafka and self.settings.sink_idle and hasattr(os, "SCHED_IDLE")
 
     def wait_ready(self, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
@@ -343,3 +351,14 @@ def run_stack(settings: Settings, log_dir: Path, replicas: dict[str, int] | None
         stack.report("!! the stack did not become ready; stopping it")
     code = stack.stop()
     return code if ready else 1
+
+
+def _lower_priority(nice: int, idle: bool) -> None:
+    """In a sink's process before it runs anything: every thread it starts inherits this. A
+    process may always move itself into the idle class; where a sandbox forbids it, the
+    niceness stays."""
+    if nice:
+        os.nice(nice)
+    if idle:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
