@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from weathertweets.cli import build_parser, main
-from weathertweets.config import ENVIRONMENT, Settings
+from weathertweets.config import ENVIRONMENT, SettingError, Settings
 from weathertweets.gendata import COUNTRIES, TEXTS, generate
 
 
@@ -181,6 +181,19 @@ def test_stack_lowers_the_sinks_only_on_kafka(tmp_path: Path) -> None:
         Settings(broker_url="kafka://k:9092", sink_nice=0, sink_idle=False).resolve(), tmp_path
     )
     assert (off._sink_nice(), off._sink_idle()) == (0, False)
+
+
+def test_stack_holds_the_sinks_under_load_only_on_kafka(tmp_path: Path) -> None:
+    from weathertweets.stack import Stack
+
+    watch = Stack(Settings(broker_url="kafka://k:9092").resolve(), tmp_path)._intake_watch()
+    assert watch is not None and (watch.share, watch.cores) == (0.5, len(os.sched_getaffinity(0)))
+    embedded = Stack(Settings(data_dir=tmp_path).resolve(), tmp_path)
+    assert embedded._intake_watch() is None
+    off = Stack(Settings(broker_url="kafka://k:9092", sink_defer=0).resolve(), tmp_path)
+    assert off._intake_watch() is None
+    with pytest.raises(SettingError, match="WT_SINK_DEFER"):
+        Settings(broker_url="kafka://k:9092", sink_defer=1.5).resolve()
 
 
 def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from weathertweets.gendata import generate
 from weathertweets.loadgen import run_load
 
 pytestmark = pytest.mark.e2e
+DEFERRED_METRIC = "weathertweets_consumer_deferred_seconds_total"
 
 
 def _ports() -> dict[str, str]:
@@ -62,10 +64,13 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
         assert stack.proc is not None
         own = os.getpriority(os.PRIO_PROCESS, 0)
         own_policy = os.sched_getscheduler(0)
-        for pid in (
-            Path(f"/proc/{stack.proc.pid}/task/{stack.proc.pid}/children").read_text().split()
-        ):
-            service = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
+        children = {
+            int(pid): Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
+            for pid in Path(f"/proc/{stack.proc.pid}/task/{stack.proc.pid}/children")
+            .read_text()
+            .split()
+        }
+        for pid, service in children.items():
             sink = service in ("archiver", "counter")
             expected = (max(own, 10), os.SCHED_IDLE) if sink else (own, own_policy)
             for task in Path(f"/proc/{pid}/task").iterdir():
@@ -77,6 +82,16 @@ def test_stack_on_real_engines_is_exact_and_scraped(tmp_path: Path) -> None:
         assert accepted == 20_000
         countries = namespace.wait_exact(20_000)
         assert countries == dict(Counter(r["pais"] for r in records))
+        # What the stack sends its sinks while the intake is busy holds them, never kills them.
+        archiver = next(pid for pid, service in children.items() if service == "archiver")
+        deadline = time.monotonic() + 30
+        while _metric(int(env["WT_ARCHIVER_PORT"]), DEFERRED_METRIC) == 0:
+            os.kill(archiver, signal.SIGUSR1)
+            assert time.monotonic() < deadline, "the archiver never deferred"
+            time.sleep(0.2)
+        os.kill(archiver, signal.SIGUSR2)
+        assert _send(gateway, records[:10], batch=0) == 10
+        assert namespace.wait_exact(20_010)
 
         prometheus = require_engines()["WT_PROMETHEUS_URL"]
         ports = {env[k] for k in ("WT_PORT", "WT_INGEST_METRICS_PORT", "WT_ARCHIVER_PORT")}

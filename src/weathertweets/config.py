@@ -95,6 +95,12 @@ class Settings:
         "`stack` on Kafka: niceness of the archiver and counter processes (0-19; 0: same as the"
         " rest)",
     )
+    sink_defer: float = setting(
+        0.5,
+        "`stack` on Kafka: while its gateways and ingest use more than this share of the"
+        " machine's cores, the archiver and counter take no new batch (at most 5 s in a row;"
+        " 0: never)",
+    )
     counter_port: int = setting(8000, "counter HTTP port: POST /set and /metrics")
     archiver_port: int = setting(8001, "archiver HTTP port: /metrics and probes")
     ingest_metrics_port: int = setting(8002, "ingest HTTP port: /metrics and probes")
@@ -184,6 +190,8 @@ class Settings:
         for name in ("partitions", "max_batch", "max_concurrent", "workers"):
             if getattr(self, name) < 1:
                 raise SettingError(f"WT_{name.upper()}={getattr(self, name)}: must be at least 1")
+        if not 0 <= self.sink_defer <= 1:
+            raise SettingError(f"WT_SINK_DEFER={self.sink_defer}: a share from 0 to 1")
         if not 0 <= self.sink_nice <= 19:
             raise SettingError(f"WT_SINK_NICE={self.sink_nice}: 0 to 19")
         if self.unknown_countries not in ("refuse", "accept"):

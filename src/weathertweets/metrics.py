@@ -66,6 +66,11 @@ PROCESSED = Counter(
 POISON = Counter(
     "weathertweets_records_skipped", "Broker records that are not tweets, skipped", ["group"]
 )
+DEFERRED = Counter(
+    "weathertweets_consumer_deferred_seconds",
+    "Seconds a consumer group waited while the stack's intake was busy",
+    ["group"],
+)
 LAG = Gauge(
     "weathertweets_consumer_lag", "Broker records not yet committed by this consumer", ["group"]
 )

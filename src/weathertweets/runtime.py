@@ -29,6 +29,7 @@ from weathertweets.ports import BackendUnavailable, Broker, Counters, Idempotenc
 from weathertweets.server import http_server, is_loopback
 from weathertweets.services import archiver, counter
 from weathertweets.services.consuming import Sink, consume
+from weathertweets.services.deferral import Deferral
 from weathertweets.services.errors import APP_ERRORS
 from weathertweets.services.gateway import Gateway
 from weathertweets.services.live import LiveFeed
@@ -116,6 +117,7 @@ class Context:
     idempotency: Idempotency | None = None
     checks: dict[str, Check] = field(default_factory=dict)
     frontend: Callable[[Gateway], Any] | None = None  # another HTTP layer (the bench compares)
+    deferral: Deferral | None = None  # the process's sinks', told by `stack` when to wait
 
     def guard(self) -> WriteGuard:
         keys = load_keys(self.settings.api_keys, self.settings.api_keys_file)
@@ -140,6 +142,9 @@ async def _consumer(ctx: Context, group: str, sink: Sink) -> None:
     assert ctx.broker is not None
     consumer = ctx.broker.consumer(group)
     drain = asyncio.Event()
+    if ctx.deferral is None:
+        ctx.deferral = Deferral()
+        ctx.deferral.install(asyncio.get_running_loop())
     work = consume(
         group,
         consumer,
@@ -147,6 +152,7 @@ async def _consumer(ctx: Context, group: str, sink: Sink) -> None:
         drain,
         ctx.broker.dead_letter,
         accept_unknown_countries=ctx.settings.accept_unknown_countries,
+        deferral=ctx.deferral,
     )
     task = ctx.supervisor.spawn(group, work)
 

@@ -11,7 +11,8 @@ the counters another, and the broker shares the partitions among them.
 On Kafka the archiver and counter run at the lowest CPU priority, Linux's idle scheduling
 class (`WT_SINK_IDLE`; else nice `WT_SINK_NICE`, 10): on a machine the services share, a client
 waiting for its 202 goes before a sink, which Kafka buffers and which catches up on the cores
-the load leaves free.
+the load leaves free. While the gateways and ingest use more than half the machine's cores
+(`WT_SINK_DEFER`), the sinks take no new batch at all (`services.deferral`).
 
 `--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
 and watched by the stack itself like any service (`gateway-w1`, `gateway-w2`): no parent
@@ -35,12 +36,14 @@ from pathlib import Path
 from types import FrameType
 
 from weathertweets.config import PARENT_PID, SettingError, Settings
+from weathertweets.services.deferral import IntakeWatch
 
 START_ORDER = ("ingest", "archiver", "counter", "gateway")
 STOP_ORDER = ("gateway", "ingest", "archiver", "counter")  # stop taking tweets, then drain
 PORT_STEP = 100
 MAX_REPLICAS = 9
 CONSUMERS = ("archiver", "counter")
+INTAKE = ("gateway", "ingest")
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -302,12 +305,33 @@ class Stack:
         return died
 
     def watch(self) -> None:
+        intake = self._intake_watch()
         while not self.stopping:
             self._report_deaths()
             if all(c.process and c.process.poll() is not None for c in self.children.values()):
                 self.report("every service has exited")
                 return
+            if intake is not None:
+                intake.look(self._pids(INTAKE), self._pids(CONSUMERS))
             time.sleep(0.3)
+
+    def _intake_watch(self) -> IntakeWatch | None:
+        """The sinks wait while the intake is busy (`WT_SINK_DEFER`): on Kafka, as `_sink_nice`,
+        and where /proc tells what each process used."""
+        share = self.settings.sink_defer
+        if not (share and self.settings.broker_url.startswith("kafka://")):
+            return None
+        if not Path("/proc/self/stat").exists():
+            return None
+        return IntakeWatch(share, len(os.sched_getaffinity(0)))
+
+    def _pids(self, services: tuple[str, ...]) -> list[int]:
+        """The running, ready processes of these services."""
+        return [
+            c.process.pid
+            for c in self.children.values()
+            if c.service in services and c.ready and c.process and c.process.poll() is None
+        ]
 
     def stop(self, timeout: float = 30) -> int:
         """Each service's instances together, services in STOP_ORDER."""

@@ -24,8 +24,17 @@ import msgspec
 
 from weathertweets import tracing
 from weathertweets.domain import InvalidTweet, Tweet, decode_any_record, decode_record
-from weathertweets.metrics import BATCH_SIZE, DEAD_LETTERS, E2E_LATENCY, LAG, POISON, PROCESSED
+from weathertweets.metrics import (
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    DEFERRED,
+    E2E_LATENCY,
+    LAG,
+    POISON,
+    PROCESSED,
+)
 from weathertweets.ports import BackendUnavailable, Consumer, Message, SinkRejected
+from weathertweets.services.deferral import Deferral
 
 log = logging.getLogger("weathertweets.consumer")
 
@@ -133,8 +142,10 @@ async def consume(
     max_records: int = 5000,
     drain_timeout: float = 10.0,
     accept_unknown_countries: bool = False,
+    deferral: Deferral | None = None,
 ) -> None:
-    """Run until `stopping` is set, then keep going while records come, for `drain_timeout`."""
+    """Run until `stopping` is set, then keep going while records come, for `drain_timeout`.
+    While `deferral` says so, take no new batch (never while draining to stop)."""
     drain_deadline: float | None = None
     next_lag_check = 0.0
     while True:
@@ -142,12 +153,18 @@ async def consume(
             drain_deadline = time.monotonic() + drain_timeout
         if drain_deadline is not None and time.monotonic() > drain_deadline:
             return
-        try:
-            messages = await consumer.poll(max_records, timeout=0.25)
-        except BackendUnavailable as error:
-            log.warning("%s: poll failed (%s)", group, error)
-            await asyncio.sleep(0.5)
-            continue
+        pause = deferral.pause() if deferral is not None and drain_deadline is None else 0.0
+        if pause:
+            DEFERRED.labels(group).inc(pause)
+            await asyncio.sleep(pause)
+            messages = []
+        else:
+            try:
+                messages = await consumer.poll(max_records, timeout=0.25)
+            except BackendUnavailable as error:
+                log.warning("%s: poll failed (%s)", group, error)
+                await asyncio.sleep(0.5)
+                continue
         if messages:
             batch, poison = decode_batch(group, messages, accept_unknown_countries)
             for message, reason in poison:
