@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -184,16 +185,41 @@ def test_stack_lowers_the_sinks_only_on_kafka(tmp_path: Path) -> None:
 
 
 def test_stack_holds_the_sinks_under_load_only_on_kafka(tmp_path: Path) -> None:
+    from weathertweets.services.deferral import machine_cores
     from weathertweets.stack import Stack
 
     watch = Stack(Settings(broker_url="kafka://k:9092").resolve(), tmp_path)._intake_watch()
-    assert watch is not None and (watch.share, watch.cores) == (0.5, len(os.sched_getaffinity(0)))
+    assert watch is not None and (watch.share, watch.cores) == (0.5, machine_cores())
     embedded = Stack(Settings(data_dir=tmp_path).resolve(), tmp_path)
     assert embedded._intake_watch() is None
     off = Stack(Settings(broker_url="kafka://k:9092", sink_defer=0).resolve(), tmp_path)
     assert off._intake_watch() is None
     with pytest.raises(SettingError, match="WT_SINK_DEFER"):
         Settings(broker_url="kafka://k:9092", sink_defer=1.5).resolve()
+
+
+def test_stack_signals_only_sinks_that_are_ready_and_running(tmp_path: Path) -> None:
+    from weathertweets.stack import CONSUMERS, INTAKE, Stack
+
+    stack = Stack(Settings(broker_url="kafka://k:9092").resolve(), tmp_path)
+    done = subprocess.Popen(["true"])
+    done.wait()
+    running = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        states = {
+            "archiver": (running[0], True),
+            "counter": (running[1], False),  # still starting: no handler yet
+            "gateway": (running[2], True),
+            "ingest": (done, True),  # exited: its pid may be someone else's by now
+        }
+        for name, (process, ready) in states.items():
+            stack.children[name].process, stack.children[name].ready = process, ready
+        assert stack._pids(CONSUMERS) == [running[0].pid]
+        assert stack._pids(INTAKE) == [running[2].pid]
+    finally:
+        for process in running:
+            process.kill()
+            process.wait()
 
 
 def test_stack_replicas_refuse_ports_that_collide(tmp_path: Path) -> None:

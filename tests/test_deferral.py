@@ -9,9 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from tests.conftest import free_port
 from tests.test_supervision import Letters, ScriptedConsumer, _values
+from weathertweets.config import Settings
 from weathertweets.metrics import DEFERRED
+from weathertweets.runtime import run
 from weathertweets.services import deferral
 from weathertweets.services.consuming import consume
 from weathertweets.services.deferral import BUSY, FREE, Deferral, IntakeWatch, cpu_seconds
@@ -158,12 +162,26 @@ def test_the_watch_ignores_processes_gone_or_new_and_sinks_that_exited() -> None
         sent.append(pid)
 
     watch._send = send
-    watch.look([10], [20, 21])
+    used[13] = 0.0
+    watch.look([10, 13], [20, 21])
     clock.now += 1
     used[10] += 1.9
     used[12] = 50.0  # a process that appeared: its past is not this second's
-    watch.look([10, 11, 12], [20, 21])
+    del used[13]  # and one that exited in between
+    watch.look([10, 11, 12, 13], [20, 21])
     assert watch.busy and sent == [20]
+
+
+def test_the_machine_is_its_cpus_or_its_cgroup_quota_where_lower(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    limits = tmp_path / "cpu.max"
+    assert deferral.machine_cores(str(tmp_path / "none")) == cpus
+    limits.write_text("max 100000\n")
+    assert deferral.machine_cores(str(limits)) == cpus
+    limits.write_text(f"{50_000 * cpus} 100000\n")  # half of them
+    assert deferral.machine_cores(str(limits)) == cpus / 2
+    limits.write_text("garbage\n")
+    assert deferral.machine_cores(str(limits)) == cpus
 
 
 def test_cpu_seconds_reads_what_a_process_used() -> None:
@@ -200,3 +218,26 @@ async def test_the_signals_reach_a_sink_process_and_it_waits() -> None:
         loop = asyncio.get_running_loop()
         loop.remove_signal_handler(signal.SIGUSR1)
         loop.remove_signal_handler(signal.SIGUSR2)
+
+
+async def test_a_sink_process_takes_the_signals_before_it_says_ready(tmp_path: Path) -> None:
+    """The stack signals only sinks that answered /readyz; by then a signal must not kill."""
+    settings = Settings.from_env({"WT_DATA_DIR": str(tmp_path), "WT_ACCESS_LOG": "0"})
+    settings.archiver_port = free_port()
+    settings.resolve()
+    stopping = asyncio.Event()
+    seen: list[object] = []
+
+    def announce(line: str) -> None:
+        if line.startswith("ready: "):
+            seen.append(signal.getsignal(BUSY))
+            seen.append(signal.getsignal(FREE))
+            stopping.set()
+
+    try:
+        await asyncio.wait_for(
+            run(settings, ["archiver"], announce=announce, stopping=stopping), 60
+        )
+    finally:
+        deferral.ignore_signals()
+    assert len(seen) == 2 and not {signal.SIG_DFL, None} & set(seen), seen

@@ -97,7 +97,7 @@ class Settings:
     )
     sink_defer: float = setting(
         0.5,
-        "`stack` on Kafka: while its gateways and ingest use more than this share of the"
+        "`stack` on Kafka: while its gateways and ingest use at least this share of the"
         " machine's cores, the archiver and counter take no new batch (at most 5 s in a row;"
         " 0: never)",
     )

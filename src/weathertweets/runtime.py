@@ -27,7 +27,7 @@ from weathertweets.config import SettingError, Settings
 from weathertweets.metrics import TASK_FAILURES, watch_data_dir
 from weathertweets.ports import BackendUnavailable, Broker, Counters, Idempotency, Store
 from weathertweets.server import http_server, is_loopback
-from weathertweets.services import archiver, counter
+from weathertweets.services import archiver, counter, deferral
 from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.deferral import Deferral
 from weathertweets.services.errors import APP_ERRORS
@@ -364,6 +364,14 @@ def serve_forever(main: Coroutine[Any, Any, None]) -> None:
     """Run the services' coroutine on uvloop when it is installed (it is with uvicorn[standard]):
     measured faster here than asyncio's own loop for the HTTP and gRPC paths."""
     collector.quiet()
+    deferral.ignore_signals()
+    try:
+        _run_loop(main)
+    finally:
+        deferral.ignore_signals()
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:

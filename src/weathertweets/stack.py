@@ -11,7 +11,7 @@ the counters another, and the broker shares the partitions among them.
 On Kafka the archiver and counter run at the lowest CPU priority, Linux's idle scheduling
 class (`WT_SINK_IDLE`; else nice `WT_SINK_NICE`, 10): on a machine the services share, a client
 waiting for its 202 goes before a sink, which Kafka buffers and which catches up on the cores
-the load leaves free. While the gateways and ingest use more than half the machine's cores
+the load leaves free. While the gateways and ingest use at least half the machine's cores
 (`WT_SINK_DEFER`), the sinks take no new batch at all (`services.deferral`).
 
 `--workers N` makes each gateway instance N processes sharing its port (SO_REUSEPORT), started
@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from weathertweets.config import PARENT_PID, SettingError, Settings
-from weathertweets.services.deferral import IntakeWatch
+from weathertweets.services.deferral import IntakeWatch, machine_cores
 
 START_ORDER = ("ingest", "archiver", "counter", "gateway")
 STOP_ORDER = ("gateway", "ingest", "archiver", "counter")  # stop taking tweets, then drain
@@ -323,7 +323,7 @@ class Stack:
             return None
         if not Path("/proc/self/stat").exists():
             return None
-        return IntakeWatch(share, len(os.sched_getaffinity(0)))
+        return IntakeWatch(share, machine_cores())
 
     def _pids(self, services: tuple[str, ...]) -> list[int]:
         """The running, ready processes of these services."""

@@ -69,6 +69,24 @@ class Deferral:
         return min(STEP, self._busy_until - now)
 
 
+def ignore_signals() -> None:
+    """Before a process's loop takes the two signals and after it is gone: their default
+    action would kill it (the stack signals ready sinks only, but a sink may stop by itself)."""
+    for signum in (BUSY, FREE):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def machine_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> float:
+    """The CPUs this process may run on, or its cgroup's CPU quota (`cpu.max`) where lower."""
+    cores = float(len(os.sched_getaffinity(0)))
+    with contextlib.suppress(OSError, ValueError):
+        with open(cpu_max) as limits:
+            quota, period = limits.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    return cores
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User and system CPU seconds a process has used (Linux's /proc); None if it is gone."""
     try:
@@ -87,7 +105,7 @@ class IntakeWatch:
     def __init__(
         self,
         share: float,
-        cores: int,
+        cores: float,
         *,
         clock: Callable[[], float] = time.monotonic,
         cpu: Callable[[int], float | None] = cpu_seconds,
