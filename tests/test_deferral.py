@@ -14,10 +14,12 @@ from pathlib import Path
 from tests.conftest import free_port
 from tests.test_supervision import Letters, ScriptedConsumer, _values
 from weathertweets.config import Settings
+from weathertweets.domain import Tweet
 from weathertweets.metrics import DEFERRED
+from weathertweets.ports import Message
 from weathertweets.runtime import run
 from weathertweets.services import deferral
-from weathertweets.services.consuming import consume
+from weathertweets.services.consuming import Sink, consume
 from weathertweets.services.deferral import BUSY, FREE, Deferral, IntakeWatch, cpu_seconds
 
 
@@ -69,13 +71,19 @@ def test_a_sink_never_waits_longer_than_longest_then_works_for_run() -> None:
     assert held.pause() > 0  # and then it waits again
 
 
+def _storing(stored: list[int]) -> Sink:
+    """A sink that keeps the offsets it was handed."""
+
+    async def sink(batch: list[tuple[Message, Tweet]]) -> None:
+        stored.extend(message.offset for message, _ in batch)
+
+    return sink
+
+
 async def test_the_consumer_takes_no_batch_while_held_and_all_of_them_after() -> None:
     consumer, letters = ScriptedConsumer(_values(5)), Letters()
     stored: list[int] = []
-
-    async def sink(batch: list) -> None:  # type: ignore[type-arg]
-        stored.extend(message.offset for message, _ in batch)
-
+    sink = _storing(stored)
     held = Deferral()
     held.busy()
     before = DEFERRED.labels("held")._value.get()
@@ -99,10 +107,7 @@ async def test_the_consumer_takes_no_batch_while_held_and_all_of_them_after() ->
 async def test_stopping_drains_even_while_held() -> None:
     consumer, letters = ScriptedConsumer(_values(3)), Letters()
     stored: list[int] = []
-
-    async def sink(batch: list) -> None:  # type: ignore[type-arg]
-        stored.extend(message.offset for message, _ in batch)
-
+    sink = _storing(stored)
     held = Deferral()
     held.busy()
     stopping = asyncio.Event()

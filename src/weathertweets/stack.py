@@ -168,7 +168,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         several = [name for name in CONSUMERS if self.replicas[name] > 1]
-        if several and not self.settings.broker_url.startswith("kafka://"):
+        if several and not self.on_kafka:
             raise SettingError(
                 f"several {' and '.join(several)} instances share their broker's partitions:"
                 " that needs Kafka (WT_BROKER_URL=kafka://...); the embedded broker gives"
@@ -236,18 +236,21 @@ class Stack:
             log.close()
         self._write_prometheus_targets()
 
+    @property
+    def on_kafka(self) -> bool:
+        return self.settings.broker_url.startswith("kafka://")
+
     def _sink_nice(self) -> int:
         """How much lower the sinks run: to WT_SINK_NICE, never below our own (that would need
         privilege), and only on Kafka: on the embedded broker the sinks' commits take the
         log's write lock the gateway appends under, and a low-priority holder would hold it up."""
-        if not self.settings.broker_url.startswith("kafka://"):
+        if not self.on_kafka:
             return 0
         return max(0, self.settings.sink_nice - os.getpriority(os.PRIO_PROCESS, 0))
 
     def _sink_idle(self) -> bool:
         """Whether the sinks run in the idle class: as `_sink_nice`, only on Kafka."""
-        on_kafka = self.settings.broker_url.startswith("kafka://")
-        return on_kafka and self.settings.sink_idle and hasattr(os, "SCHED_IDLE")
+        return self.on_kafka and self.settings.sink_idle and hasattr(os, "SCHED_IDLE")
 
     def wait_ready(self, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
@@ -319,7 +322,7 @@ class Stack:
         """The sinks wait while the intake is busy (`WT_SINK_DEFER`): on Kafka, as `_sink_nice`,
         and where /proc tells what each process used."""
         share = self.settings.sink_defer
-        if not (share and self.settings.broker_url.startswith("kafka://")):
+        if not (share and self.on_kafka):
             return None
         if not Path("/proc/self/stat").exists():
             return None
