@@ -13,10 +13,43 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
+
+// lazyAttrs keeps the attributes a logger is given with `With` and hands them to the text
+// handler only for a record that is written. FerretDB logs every SQL statement at debug level
+// under `With(arguments)`, and the text handler formats those arguments (whole documents) as
+// soon as it is given them, even with debug off: 19 % of the server's CPU while inserting.
+type lazyAttrs struct {
+	next  slog.Handler
+	attrs []slog.Attr
+}
+
+func (h lazyAttrs) Enabled(ctx context.Context, level slog.Level) bool {
+	return h.next.Enabled(ctx, level)
+}
+
+func (h lazyAttrs) Handle(ctx context.Context, record slog.Record) error {
+	return h.flushed().Handle(ctx, record)
+}
+
+func (h lazyAttrs) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return lazyAttrs{next: h.next, attrs: append(slices.Clip(h.attrs), attrs...)}
+}
+
+func (h lazyAttrs) WithGroup(name string) slog.Handler {
+	return lazyAttrs{next: h.flushed().WithGroup(name)}
+}
+
+func (h lazyAttrs) flushed() slog.Handler {
+	if len(h.attrs) == 0 {
+		return h.next
+	}
+	return h.next.WithAttrs(h.attrs)
+}
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27018", "TCP address to serve")
@@ -29,7 +62,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bad -log-level:", err)
 		os.Exit(2)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	text := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})
+	logger := slog.New(lazyAttrs{next: text})
 
 	abs, err := filepath.Abs(*dir)
 	if err == nil {
