@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-C = TypeVar("C", bound=Collector)
+CollectorT = TypeVar("CollectorT", bound=Collector)
 
 
 class LoopCounter(Collector):
@@ -121,7 +121,7 @@ def _histogram(
     return family
 
 
-def _registered(collector: C) -> C:
+def _registered(collector: CollectorT) -> CollectorT:
     REGISTRY.register(collector)
     return collector
 
