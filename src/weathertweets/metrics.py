@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,34 +24,27 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 CollectorT = TypeVar("CollectorT", bound=Collector)
+CellT = TypeVar("CellT")
 
 
-class LoopCounter(Collector):
-    """A counter family updated only from the event loop's thread: a plain addition, no lock
-    (measured: 370 ns → 70 ns an increment; the request path makes several)."""
+class _LoopFamily(Collector, Generic[CellT]):
+    """A metric family updated only from the event loop's thread: its series (cells) are
+    plain objects, no lock. `labels` makes a series on first use, as prometheus_client's."""
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
         self._name, self._documentation, self._labelnames = name, documentation, labelnames
-        self._cells: dict[tuple[str, ...], CounterCell] = {}
-        if not labelnames:
-            self._cells[()] = CounterCell()
+        self._cells: dict[tuple[str, ...], CellT] = {}
 
-    def labels(self, *values: str) -> CounterCell:
+    def _new_cell(self) -> CellT:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> CellT:
         cell = self._cells.get(values)
         if cell is None:
             if len(values) != len(self._labelnames):
                 raise ValueError(f"{self._name} takes labels {list(self._labelnames)}")
-            cell = self._cells[values] = CounterCell()
+            cell = self._cells[values] = self._new_cell()
         return cell
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._cells[()].value += amount
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for values, cell in list(self._cells.items()):
-            family.add_metric(values, cell.value)
-        yield family
 
 
 class CounterCell:
@@ -64,9 +57,31 @@ class CounterCell:
         self.value += amount
 
 
-class LoopHistogram(Collector):
-    """A histogram family updated only from the event loop's thread: a bisect and two
-    additions, no lock (measured: 770 ns → 150 ns an observation)."""
+class LoopCounter(_LoopFamily[CounterCell]):
+    """A counter family without a lock (measured: 370 ns → 70 ns an increment; the request
+    path makes several)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        if not labelnames:
+            self._cells[()] = CounterCell()
+
+    def _new_cell(self) -> CounterCell:
+        return CounterCell()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._cells[()].value += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, cell in list(self._cells.items()):
+            family.add_metric(values, cell.value)
+        yield family
+
+
+class LoopHistogram(_LoopFamily["HistogramCell"]):
+    """A histogram family without a lock: a bisect and two additions (measured: 770 ns →
+    150 ns an observation)."""
 
     def __init__(
         self,
@@ -75,17 +90,11 @@ class LoopHistogram(Collector):
         labelnames: Sequence[str],
         buckets: Sequence[float],
     ) -> None:
-        self._name, self._documentation, self._labelnames = name, documentation, labelnames
+        super().__init__(name, documentation, labelnames)
         self._bounds = [*map(float, buckets), math.inf]
-        self._cells: dict[tuple[str, ...], HistogramCell] = {}
 
-    def labels(self, *values: str) -> HistogramCell:
-        cell = self._cells.get(values)
-        if cell is None:
-            if len(values) != len(self._labelnames):
-                raise ValueError(f"{self._name} takes labels {list(self._labelnames)}")
-            cell = self._cells[values] = HistogramCell(self._bounds)
-        return cell
+    def _new_cell(self) -> HistogramCell:
+        return HistogramCell(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         snapshot = [(values, list(c.counts), c.sum) for values, c in list(self._cells.items())]
